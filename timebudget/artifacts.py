@@ -1,0 +1,67 @@
+"""Run-folder writes. Every file is written to a temporary name and renamed, so a run that is stopped mid-write
+never leaves a half-written artifact behind."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def serialize(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    write_bytes(path, serialize(obj))
+
+
+class MetricsLog:
+    """``metrics.jsonl``: records are buffered and appended in batches (no per-step file I/O in the loop).
+
+    Appending whole lines keeps earlier lines intact if a run dies; :meth:`flush` is called at epoch ends and at the
+    close of the run.
+    """
+
+    def __init__(self, path: str | Path, buffer_lines: int = 64) -> None:
+        self.path = Path(path)
+        self.buffer: list[str] = []
+        self.buffer_lines = buffer_lines
+        self.path.touch()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.buffer.append(json.dumps(record))
+        if len(self.buffer) >= self.buffer_lines:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            with open(self.path, "a") as fh:
+                fh.write("\n".join(self.buffer) + "\n")
+            self.buffer.clear()

@@ -1,0 +1,133 @@
+"""The ``timebudget`` command. Bad input gets one line on stderr and a non-zero exit, never a traceback.
+
+Precedence of settings: built-in defaults, then ``--config FILE``, then the named flags, then each ``--set key=value``.
+The budget counts from this process's start, so interpreter start-up and the torch import are inside it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, NoReturn, Sequence
+
+from .clock import process_start_time
+from .errors import BudgetTooSmall, TimebudgetError
+
+_PROCESS_START = process_start_time()
+
+EXIT_BAD_INPUT = 2
+EXIT_BUDGET_TOO_SMALL = 3
+EXIT_FAILED = 1
+
+# flag -> config key, for the named flags that are shortcuts of --set
+_FLAG_KEYS = {
+    "data": "data",
+    "data_dir": "data_dir",
+    "model": "model",
+    "out": "out",
+    "seed": "seed",
+    "device": "device",
+    "strategy": "strategy",
+    "schedule": "schedule",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "optimizer": "optimizer",
+    "weight_decay": "weight_decay",
+    "warmup": "warmup",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="timebudget", description="Train a PyTorch model for a fixed wall-clock budget.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser(
+        "train",
+        help="train until the deadline; final evaluation and checkpoint are on disk when it returns",
+        description="Train for --seconds of wall time from process start to the last artifact written. The learning "
+        "rate decays with the fraction of the budget used (linear to zero at the deadline by default), and the "
+        "final evaluation, checkpoint.pt, scores.pt and summary.json are written before the deadline.",
+    )
+    t.add_argument("--seconds", required=True, metavar="S", help="the budget in seconds (required, > 0)")
+    t.add_argument("--config", metavar="FILE", help="YAML config (see configs/); flags and --set override it")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, repeatable (e.g. --set lr=0.05 --set warmup=0.02)")
+    t.add_argument("--data", help="digits (default), cifar10, cifar100, mnist, fashion-mnist, imagefolder, synthetic, "
+                   "a path to an .npz (x_train, y_train, x_test, y_test), or module:function")
+    t.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="folder of the data set (cifar, mnist, imagefolder)")
+    t.add_argument("--model", help="cnn (default for images), mlp (default for tabular), resnet18, or module:function")
+    t.add_argument("--out", metavar="DIR", help="run folder (default: a new folder under runs/)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--device", help="auto (default), cpu or cuda")
+    t.add_argument("--strategy", help="sample selection strategy (default full)")
+    t.add_argument("--schedule", help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
+    t.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default from the data size)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default from optimizer and batch size)")
+    t.add_argument("--optimizer", help="sgd (default for images) or adamw (default for tabular)")
+    t.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay")
+    t.add_argument("--warmup", type=float, help="warm-up as a fraction of the budget (default 0)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no closing line")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from . import config as config_module
+
+    overrides: dict[str, Any] = {}
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    if args.quiet:
+        overrides["quiet"] = True
+    overrides["seconds"] = config_module.check_seconds(args.seconds)
+    for item in args.set:
+        key, value = config_module.parse_override(item)
+        overrides[key] = value
+    base = config_module.apply(config_module.load_yaml(args.config)) if args.config else config_module.Config()
+    return config_module.apply(overrides, base, source="--set").validate()
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from .trainer import train
+
+    result = train(config, start=_PROCESS_START)
+    if not config.quiet:
+        s = result.summary
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in s["test_metrics"].items())
+        print(f"timebudget: {metrics}; {s['steps']} steps, {s['epochs']} epochs, {s['samples_per_s']:.0f} samples/s; "
+              f"artifacts in {result.out_dir} after {s['elapsed_s']:.2f} of {s['budget_s']:g} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = _train(args)
+    except BudgetTooSmall as exc:
+        print(f"timebudget: error: {exc}", file=sys.stderr)
+        code = EXIT_BUDGET_TOO_SMALL
+    except TimebudgetError as exc:
+        print(f"timebudget: error: {exc}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("timebudget: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a failure inside torch or user code: one line, the traceback on request
+        if os.environ.get("TIMEBUDGET_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"timebudget: error: {type(exc).__name__}: {first} (set TIMEBUDGET_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        code = EXIT_FAILED
+    if argv is None:
+        # A command-line run ends the moment its artifacts are on disk: skip the interpreter's slow teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -1,0 +1,217 @@
+"""One typed configuration, loaded from YAML and overridden from the command line.
+
+Every field can be set with ``--set key=value``; an unknown key is an error that names it and lists the allowed ones.
+Fields left at ``None`` are resolved from the data kind (see :func:`timebudget.trainer.resolve_defaults`), so a user
+who passes only ``--seconds`` and ``--data`` gets sensible values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import TimebudgetError
+
+SCHEDULES = ("linear", "cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+LOSSES = ("auto", "cross_entropy", "mse", "l1")
+
+
+@dataclass
+class Config:
+    """Everything a run needs. ``None`` means "choose a good default for this data"."""
+
+    seconds: float | None = None
+    data: str = "digits"
+    data_dir: str | None = None
+    model: str | None = None
+    out: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    quiet: bool = False
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    schedule: str = "linear"
+    warmup: float = 0.0
+    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    strategy: str = "full"
+    loss: str = "auto"
+    label_smoothing: float = 0.0
+    augment: bool | None = None
+    image_size: int = 32
+    num_workers: int = 0
+    eval_every: float | None = None
+    log_every: int = 50
+    margin: float = 0.05
+
+    def validate(self) -> "Config":
+        """Check every value that can be checked without data; raise one clear error for the first bad one."""
+        _check_seconds(self.seconds)
+        _choice("schedule", self.schedule, SCHEDULES)
+        if self.optimizer is not None:
+            _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("device", self.device, DEVICES)
+        _choice("loss", self.loss, LOSSES)
+        from .strategies import STRATEGIES  # the registry lives with the strategies
+
+        _choice("strategy", self.strategy, tuple(STRATEGIES))
+        _positive("batch_size", self.batch_size)
+        _positive("lr", self.lr)
+        _positive("image_size", self.image_size)
+        _positive("log_every", self.log_every)
+        _in_range("warmup", self.warmup, 0.0, 1.0, hi_open=True)
+        _in_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        if self.weight_decay is not None:
+            _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        _in_range("margin", self.margin, 0.0, math.inf)
+        if self.num_workers < 0:
+            raise TimebudgetError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.eval_every is not None:
+            _in_range("eval_every", self.eval_every, 0.0, math.inf)
+        if sorted(self.step_milestones) != list(self.step_milestones) or not all(
+            0.0 < m < 1.0 for m in self.step_milestones
+        ):
+            raise TimebudgetError(
+                f"step_milestones must be increasing fractions of the budget in (0, 1), got {self.step_milestones}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def check_seconds(value: Any) -> float:
+    """Parse a budget given as text or number: a positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise TimebudgetError(f"--seconds must be a positive number of seconds, got {value!r}") from None
+    _check_seconds(seconds)
+    return seconds
+
+
+def _check_seconds(seconds: float | None) -> None:
+    if seconds is None:
+        raise TimebudgetError("--seconds is required: the wall-clock budget in seconds, e.g. --seconds 60")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise TimebudgetError(f"--seconds must be a positive finite number of seconds, got {seconds!r}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise TimebudgetError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise TimebudgetError(f"{name} must be a positive number, got {value!r}")
+
+
+def _in_range(name: str, value: float, lo: float, hi: float, hi_open: bool = False) -> None:
+    ok = lo <= value < hi if hi_open else lo <= value <= hi
+    if not ok or math.isnan(value):
+        bracket = ")" if hi_open else "]"
+        raise TimebudgetError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML value to the field's declared type, or raise an error naming the key and the type."""
+    hint = typing.get_type_hints(Config)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise TimebudgetError(f"config key {name!r} cannot be empty")
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    origin = typing.get_origin(base)
+    try:
+        if origin is list:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            (inner,) = typing.get_args(base)
+            return [_scalar(inner, v) for v in items]
+        return _scalar(base, value)
+    except (TypeError, ValueError):
+        kind = getattr(base, "__name__", str(base))
+        raise TimebudgetError(f"config key {name!r} must be {kind}{' or null' if optional else ''}, got {value!r}") from None
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if kind is str:
+        return str(value)
+    raise TypeError(kind)
+
+
+def apply(values: dict[str, Any], config: Config | None = None, source: str = "config") -> Config:
+    """Return a copy of ``config`` with ``values`` applied; unknown keys are an error naming them."""
+    config = dataclasses.replace(config) if config is not None else Config()
+    for key, value in values.items():
+        if key not in FIELDS:
+            raise TimebudgetError(f"unknown {source} key {key!r}; allowed: {', '.join(FIELDS)}")
+        setattr(config, key, _coerce(key, value))
+    return config
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TimebudgetError(f"config file {str(path)!r} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TimebudgetError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise TimebudgetError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return values
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` override; the value is read as YAML (so 0.1, true, [0.5, 0.8] and null work)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise TimebudgetError(f"--set expects key=value, got {text!r}")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return key, raw
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build a validated config: defaults, then the YAML file, then the overrides."""
+    config = Config()
+    if path is not None:
+        config = apply(load_yaml(path), config)
+    if overrides:
+        config = apply(overrides, config, source="--set")
+    return config.validate()
+
+
+def dump(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,79 @@
+"""Models: registered names sized from the data, or a user's ``module:function``.
+
+``cnn`` (default for images) stacks conv-BN-ReLU stages, halving the resolution until about 4x4, then global pooling:
+small enough for a CPU budget, and it adapts to 8x8 digits as well as 32x32 CIFAR. ``mlp`` (default for tabular
+data) is two hidden layers with BatchNorm. ``resnet18`` is torchvision's, with the 3x3 stride-1 stem used for 32x32
+inputs (no max-pool), as in the CIFAR literature.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import TimebudgetError
+from .imports import import_callable
+
+NAMES = ("cnn", "mlp", "resnet18")
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def cnn(input_shape: tuple[int, ...], num_outputs: int, width: int = 32) -> nn.Module:
+    """Conv stages doubling the width while halving the resolution down to ~4x4, then pool and a linear head."""
+    if len(input_shape) != 3:
+        raise TimebudgetError(f"model cnn needs image inputs (C, H, W), got sample shape {tuple(input_shape)}")
+    channels, size = input_shape[0], min(input_shape[1:])
+    layers: list[nn.Module] = [_conv_bn(channels, width)]
+    cin = width
+    for _ in range(max(1, round(math.log2(max(size, 1))) - 2)):
+        layers += [_conv_bn(cin, 2 * cin), nn.MaxPool2d(2) if size >= 2 else nn.Identity()]
+        cin, size = 2 * cin, size // 2
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_outputs)]
+    return nn.Sequential(*layers)
+
+
+def mlp(input_shape: tuple[int, ...], num_outputs: int, hidden: int = 256) -> nn.Module:
+    features = math.prod(input_shape)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(features, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, num_outputs),
+    )
+
+
+def resnet18(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    if len(input_shape) != 3:
+        raise TimebudgetError(f"model resnet18 needs image inputs (C, H, W), got sample shape {tuple(input_shape)}")
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None, num_classes=num_outputs)
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+_MODELS = {"cnn": cnn, "mlp": mlp, "resnet18": resnet18}
+
+
+def build(spec: str | None, input_shape: tuple[int, ...], num_outputs: int, kind: str) -> nn.Module:
+    """``spec`` is a registered name, ``module:function`` (called with ``input_shape`` and ``num_outputs``), or
+    ``None`` for the default of the data kind."""
+    if spec is None:
+        spec = "cnn" if kind == "image" else "mlp"
+    if spec in _MODELS:
+        return _MODELS[spec](tuple(input_shape), num_outputs)
+    if ":" in spec:
+        model = import_callable(spec, "--model")(input_shape=tuple(input_shape), num_outputs=num_outputs)
+        if not isinstance(model, nn.Module):
+            raise TimebudgetError(f"--model {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
+        return model
+    raise TimebudgetError(f"unknown model {spec!r}; allowed: {', '.join(NAMES)}, or module:function")

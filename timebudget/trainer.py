@@ -1,0 +1,433 @@
+"""The training loop: ``train(config) -> TrainResult``, the one call the CLI, benchmarks and tests all make.
+
+The loop itself is plain PyTorch. Around it, the budget clock decides when to stop, the time schedule sets the
+learning rate from the fraction of the window used, the strategy picks each epoch's subset, and the score table
+records every per-sample loss. Before training starts, a calibration measures one step, a partial evaluation and a
+checkpoint serialisation, so the tail is reserved from measurements and a budget that cannot fit is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import artifacts, augment, config as config_module, data, models, sampler, schedules, strategies
+from .clock import BudgetClock
+from .config import Config
+from .errors import BudgetTooSmall, TimebudgetError
+from .scores import ScoreTable
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, dataset indices
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    model: nn.Module
+    config: Config
+
+
+# --- set-up ------------------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TimebudgetError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
+    """Fill the fields left at ``None`` with values that suit this data (a careful hand-written loop's choices)."""
+    n = len(bundle.train)
+    optimizer = config.optimizer or ("sgd" if bundle.kind == "image" else "adamw")
+    batch_size = config.batch_size or (64 if n < 5000 else 128)
+    if optimizer == "sgd":  # linear scaling with batch size (Goyal et al. 2017)
+        lr, weight_decay = 0.1 * batch_size / 128, 5e-4
+    else:
+        lr, weight_decay = 2e-3, 0.05
+    return dataclasses.replace(
+        config,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        lr=config.lr or lr,
+        weight_decay=weight_decay if config.weight_decay is None else config.weight_decay,
+        augment=bundle.augment if config.augment is None else config.augment,
+        eval_every=(0.0 if config.seconds < 300 else config.seconds / 10) if config.eval_every is None else config.eval_every,
+        loss=config.loss if config.loss != "auto" else ("cross_entropy" if bundle.task == "classification" else "mse"),
+    )
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Weight decay on weights only: BatchNorm and bias parameters are not decayed."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def per_sample_loss(config: Config, task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A loss with ``reduction="none"``: one value per sample, which the score table records."""
+    if task == "classification":
+        if config.loss != "cross_entropy":
+            raise TimebudgetError(f"loss {config.loss!r} does not suit classification; use cross_entropy")
+        return lambda out, y: F.cross_entropy(out, y, reduction="none", label_smoothing=config.label_smoothing)
+    if config.loss == "cross_entropy":
+        raise TimebudgetError("loss 'cross_entropy' needs integer class targets; this data has float targets (mse, l1)")
+    elementwise = F.mse_loss if config.loss == "mse" else F.l1_loss
+    return lambda out, y: elementwise(out, y.view_as(out), reduction="none").flatten(1).mean(1)
+
+
+# --- batches -----------------------------------------------------------------------------------------------------
+class Batches:
+    """Yields ``(x, y, index)`` batches on the device for a given order of dataset positions.
+
+    An :class:`~timebudget.data.ArrayDataset` is moved to the device once and indexed directly; any other dataset
+    goes through a DataLoader fed with the same order.
+    """
+
+    def __init__(self, dataset: Dataset, device: torch.device, input_shape: tuple[int, ...], workers: int = 0) -> None:
+        self.dataset, self.device, self.input_shape, self.workers = dataset, device, input_shape, workers
+        self.resident = isinstance(dataset, data.ArrayDataset)
+        if self.resident:
+            self.x = dataset.x.to(device)
+            self.y = dataset.y.to(device)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def iterate(self, chunks: list[torch.Tensor]) -> Iterator[Batch]:
+        if self.resident:
+            for idx in chunks:
+                dev_idx = idx.to(self.device, non_blocking=True)
+                yield self.x[dev_idx], self.y[dev_idx], idx
+            return
+        loader = DataLoader(
+            _Indexed(self.dataset),
+            batch_sampler=[c.tolist() for c in chunks],
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x, y, idx in loader:
+            x = torch.as_tensor(x).to(self.device, non_blocking=True).view(len(idx), *self.input_shape)
+            yield x, torch.as_tensor(y).to(self.device, non_blocking=True), idx
+
+
+class _Indexed(Dataset):
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[i]
+        return x, y, i
+
+
+# --- evaluation --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Batches, bundle: data.DataBundle, batch_size: int, max_batches: int | None = None
+) -> dict[str, float]:
+    """Test metrics in the data's own units: accuracy for classification, MAE and RMSE for regression."""
+    was_training = model.training
+    model.eval()
+    chunks = list(torch.arange(len(batches)).split(batch_size))[:max_batches]
+    correct = torch.zeros((), device=batches.device)
+    abs_err = torch.zeros((), device=batches.device, dtype=torch.float64)
+    sq_err = torch.zeros((), device=batches.device, dtype=torch.float64)
+    count = 0
+    for x, y, _ in batches.iterate(chunks):
+        out = model(x)
+        if bundle.task == "classification":
+            correct += (out.argmax(1) == y).sum()
+            count += len(y)
+        else:
+            diff = (out - y.view_as(out)).double() * bundle.target_std
+            abs_err += diff.abs().sum()
+            sq_err += diff.square().sum()
+            count += diff.numel()
+    model.train(was_training)
+    if bundle.task == "classification":
+        return {"accuracy": float(correct) / max(count, 1)}
+    return {"mae": float(abs_err) / max(count, 1), "rmse": math.sqrt(float(sq_err) / max(count, 1))}
+
+
+# --- the run -----------------------------------------------------------------------------------------------------
+def default_out_dir(config: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    name = Path(config.data).stem.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{stamp}-{name}-{config.strategy}"
+
+
+def _sync(device: torch.device) -> Callable[[], None] | None:
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
+class _Progress:
+    """A tqdm bar of the budget's seconds, showing lr and loss; silent with --quiet or when stdout is no terminal."""
+
+    def __init__(self, total_s: float, quiet: bool) -> None:
+        self.bar = None
+        if not quiet and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=round(total_s, 1), unit="s", bar_format="{l_bar}{bar}| {n:.1f}/{total}s {postfix}")
+
+    def update(self, elapsed: float, **fields: Any) -> None:
+        if self.bar is not None:
+            self.bar.n = round(min(elapsed, self.bar.total), 1)
+            self.bar.set_postfix(fields, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(
+    config: Config,
+    start: float | None = None,
+    now: Callable[[], float] = time.monotonic,
+) -> TrainResult:
+    """Train for ``config.seconds`` of wall time counted from ``start`` (default: now) and write the run folder.
+
+    Returns once ``summary.json`` is on disk, before the deadline. Raises :class:`TimebudgetError` (before any
+    training) for bad input and :class:`BudgetTooSmall` when the budget cannot fit start-up, one step and the tail.
+    """
+    config = config.validate()
+    clock = BudgetClock(config.seconds, start=start, now=now, margin_s=config.margin)
+    if clock.remaining() <= 0:
+        raise BudgetTooSmall(f"--seconds {config.seconds:g} was used up by start-up alone ({clock.elapsed():.2f} s)")
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    bundle = data.load(config.data, config.data_dir, config.image_size)
+    config = resolve_defaults(config, bundle)
+    model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
+    optimizer = build_optimizer(config, model)
+    loss_fn = per_sample_loss(config, bundle.task)
+    train_batches = Batches(bundle.train, device, bundle.input_shape, config.num_workers)
+    test_batches = Batches(bundle.test, device, bundle.input_shape, config.num_workers)
+    eval_batch = max(256, 4 * config.batch_size)
+    n = len(train_batches)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    aug_gen = torch.Generator().manual_seed(config.seed + 1)
+    scores = ScoreTable(n, device=device)
+    strategy = strategies.build(config.strategy)
+    schedule = schedules.TimeSchedule(
+        optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
+    )
+    clock.sync = _sync(device)
+
+    def step(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        if config.augment and x.ndim == 4:
+            x = augment.crop_flip(x, aug_gen)
+        losses = loss_fn(model(x), y)
+        loss = (losses * weights).mean() if weights is not None else losses.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return losses.detach()
+
+    def checkpoint(steps: int, epochs: int, samples: int) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "order": order_gen.get_state(), "augment": aug_gen.get_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "steps": steps,
+            "epochs": epochs,
+            "samples_trained": samples,
+            "budget_s": config.seconds,
+            "elapsed_s": clock.elapsed(),
+            "rng": rng,
+            "config": config.to_dict(),
+            "data": {
+                "task": bundle.task,
+                "num_outputs": bundle.num_outputs,
+                "input_shape": list(bundle.input_shape),
+                "target_mean": bundle.target_mean,
+                "target_std": bundle.target_std,
+            },
+        }
+
+    # --- calibration: measure a step, the evaluation and the checkpoint before committing to the budget --------
+    probe_idx = sampler.batches(torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)), config.batch_size)[0]
+    (px, py, _), = train_batches.iterate([probe_idx])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    step_times = []
+    for _ in range(2):  # the first step is cold (allocations, kernel selection); the second is representative
+        t0 = now()
+        step(px, py, None)
+        if clock.sync:
+            clock.sync()
+        step_times.append(now() - t0)
+    model.load_state_dict(state)
+    optimizer.state.clear()
+    test_chunks = math.ceil(len(test_batches) / eval_batch)
+    probe_batches = min(test_chunks, 3)
+    t0 = now()
+    evaluate(model, test_batches, bundle, eval_batch, max_batches=probe_batches)
+    eval_s = (now() - t0) * test_chunks / probe_batches
+    t0 = now()
+    blob = artifacts.serialize({"ckpt": checkpoint(0, 0, 0), "scores": scores.state_dict()})
+    with tempfile.TemporaryFile() as fh:
+        fh.write(blob)
+    save_s = now() - t0
+    clock.measure_tail(eval_s + save_s + 0.01)
+    clock.seed_step(step_times[-1])
+    minimum = clock.elapsed() + step_times[-1] + clock.reserve_s
+    if minimum > config.seconds:
+        raise BudgetTooSmall(
+            f"--seconds {config.seconds:g} is too small: start-up took {clock.elapsed() - sum(step_times):.2f} s, "
+            f"one training step takes {step_times[-1]:.3f} s and the final evaluation and checkpoint "
+            f"{clock.reserve_s:.2f} s; the minimum for this data and model here is about {math.ceil(minimum * 1.2)} s"
+        )
+
+    # --- the run folder ----------------------------------------------------------------------------------------
+    out_dir = Path(config.out) if config.out else default_out_dir(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, out=str(out_dir))
+    artifacts.write_text(out_dir / "config.yaml", config_module.dump(config))
+    log = artifacts.MetricsLog(out_dir / "metrics.jsonl")
+    bar = _Progress(config.seconds, config.quiet)
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    steps = epochs = samples = 0
+    seconds_scoring = 0.0
+    running = torch.zeros((), device=device)
+    running_n = 0
+    last_eval = None
+    next_eval = config.eval_every or math.inf
+    kept_log: list[dict[str, Any]] = []
+    model.train()
+    clock.start_training()
+    stop = clock.should_stop()
+    while not stop:
+        t0 = now()
+        throughput = samples / clock.train_s if clock.train_s > 0 else None
+        affordable = throughput * max(0.0, clock.window_end - now()) if throughput else None
+        plan = strategy.plan(strategies.EpochContext(epochs, clock.progress(), scores, order_gen, affordable))
+        if plan.mask is not None and not bool(plan.mask.any()):
+            raise RuntimeError(f"strategy {strategy.name!r} selected no samples in epoch {epochs}")
+        order = sampler.epoch_order(n, order_gen, plan.mask)
+        chunks = sampler.batches(order, config.batch_size)
+        weights = plan.weights.to(device) if plan.weights is not None else None
+        seconds_scoring += now() - t0
+        kept = plan.kept(n)
+        epoch_record = {"event": "epoch", "epoch": epochs, "time": round(clock.elapsed(), 4), "kept": kept,
+                        "kept_fraction": kept / n, "phase": plan.phase}
+        kept_log.append(epoch_record)
+        log.write(epoch_record)
+        for x, y, idx in train_batches.iterate(chunks):
+            lr = schedule.apply(clock.progress())
+            w = weights[idx.to(device)] if weights is not None else None
+            losses = step(x, y, w)
+            scores.record(idx, losses, steps)
+            steps += 1
+            samples += len(idx)
+            running += losses.sum()
+            running_n += len(idx)
+            if steps % config.log_every == 0:
+                loss_value = float(running) / running_n
+                running.zero_()
+                running_n = 0
+                elapsed = clock.elapsed()
+                log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(elapsed, 4), "lr": lr,
+                           "loss": loss_value, "samples": samples})
+                bar.update(elapsed, lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
+            if clock.step_done(len(idx)):
+                stop = True
+                break
+            if clock.elapsed() >= next_eval:
+                last_eval = _periodic_eval(clock, model, test_batches, bundle, eval_batch, save_s, log, steps)
+                next_eval = clock.elapsed() + config.eval_every
+        epochs += 1
+        log.flush()
+        stop = stop or clock.should_stop()
+    clock.stop_training()
+    bar.close()
+    if running_n:
+        log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(clock.elapsed(), 4),
+                   "lr": schedule.lr, "loss": float(running) / running_n, "samples": samples})
+    log.flush()
+
+    # --- the tail: final evaluation, checkpoint, scores, summary ----------------------------------------------
+    tail_start = now()
+    test_metrics = evaluate(model, test_batches, bundle, eval_batch)
+    artifacts.save_torch(out_dir / "checkpoint.pt", checkpoint(steps, epochs, samples))
+    artifacts.save_torch(out_dir / "scores.pt", scores.state_dict())
+    seen = int(scores.seen.sum())
+    summary = {
+        "budget_s": config.seconds,
+        "elapsed_s": None,
+        "test_metrics": test_metrics,
+        "samples_trained": samples,
+        "steps": steps,
+        "epochs": epochs,
+        "passes": samples / n,
+        "train_s": clock.train_s,
+        "samples_per_s": samples / clock.train_s if clock.train_s > 0 else 0.0,
+        "strategy": config.strategy,
+        "device": str(device),
+        "data": bundle.name,
+        "task": bundle.task,
+        "model": config.model or ("cnn" if bundle.kind == "image" else "mlp"),
+        "n_train": n,
+        "n_test": len(test_batches),
+        "seconds_scoring": seconds_scoring,
+        "samples_skipped": sum(n - r["kept"] for r in kept_log),
+        "fraction_seen": seen / n,
+        "epoch_subsets": [{"epoch": r["epoch"], "kept": r["kept"], "kept_fraction": r["kept_fraction"]} for r in kept_log],
+        "final_lr": schedule.lr,
+        "startup_s": clock.training_started - clock.start,
+        "tail_reserved_s": clock.reserve_s,
+        "periodic_eval": last_eval,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    summary["tail_s"] = now() - tail_start
+    summary["elapsed_s"] = clock.elapsed()
+    artifacts.write_json(out_dir / "summary.json", summary)
+    return TrainResult(out_dir=out_dir, summary=summary, model=model, config=config)
+
+
+def _periodic_eval(
+    clock: BudgetClock,
+    model: nn.Module,
+    test_batches: Batches,
+    bundle: data.DataBundle,
+    eval_batch: int,
+    save_s: float,
+    log: artifacts.MetricsLog,
+    steps: int,
+) -> dict[str, Any] | None:
+    """An evaluation during training, when it fits; its measured cost refines the reserve for the final one."""
+    if clock.now() + clock.tail_s + clock.step_estimate() > clock.window_end:
+        return None
+    resume = clock.pause()
+    t0 = clock.now()
+    metrics = evaluate(model, test_batches, bundle, eval_batch)
+    eval_s = clock.now() - t0
+    resume()
+    clock.measure_tail(eval_s + save_s + 0.01)
+    record = {"event": "eval", "step": steps, "time": round(clock.elapsed(), 4), "eval_s": eval_s, **metrics}
+    log.write(record)
+    return record
