@@ -21,6 +21,8 @@ from .errors import TimebudgetError
 SCHEDULES = ("linear", "cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DATA_PATHS = ("auto", "resident", "loader")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
 
 
@@ -45,6 +47,10 @@ class Config:
     warmup: float = 0.0
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     strategy: str = "full"
+    keep_fraction: float | None = None
+    select_warmup: float = 0.1
+    anneal: float = 0.125
+    filter_noisy: bool = False
     loss: str = "auto"
     label_smoothing: float = 0.0
     augment: bool | None = None
@@ -53,6 +59,12 @@ class Config:
     eval_every: float | None = None
     log_every: int = 50
     margin: float = 0.05
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    data_path: str = "auto"
+    save_checkpoints: int = 0
+    explain: bool = False
 
     def validate(self) -> "Config":
         """Check every value that can be checked without data; raise one clear error for the first bad one."""
@@ -62,6 +74,19 @@ class Config:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("device", self.device, DEVICES)
         _choice("loss", self.loss, LOSSES)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("data_path", self.data_path, DATA_PATHS)
+        if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
+            raise TimebudgetError(f"keep_fraction must be in (0, 1], got {self.keep_fraction!r}")
+        _in_range("select_warmup", self.select_warmup, 0.0, 1.0, hi_open=True)
+        _in_range("anneal", self.anneal, 0.0, 1.0, hi_open=True)
+        if self.select_warmup + self.anneal >= 1.0:
+            raise TimebudgetError(
+                f"select_warmup + anneal must leave part of the budget for selection, got {self.select_warmup} + "
+                f"{self.anneal}"
+            )
+        if self.save_checkpoints < 0:
+            raise TimebudgetError(f"save_checkpoints must be >= 0, got {self.save_checkpoints}")
         from .strategies import STRATEGIES  # the registry lives with the strategies
 
         _choice("strategy", self.strategy, tuple(STRATEGIES))

@@ -229,7 +229,7 @@ def train(
     order_gen = torch.Generator().manual_seed(config.seed)
     aug_gen = torch.Generator().manual_seed(config.seed + 1)
     scores = ScoreTable(n, device=device)
-    strategy = strategies.build(config.strategy)
+    strategy = strategies.build(config, bundle.task)
     schedule = schedules.TimeSchedule(
         optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
     )
@@ -317,20 +317,28 @@ def train(
     last_eval = None
     next_eval = config.eval_every or math.inf
     kept_log: list[dict[str, Any]] = []
+    checkpoint_dir = out_dir / "checkpoints"
+    if config.save_checkpoints:
+        checkpoint_dir.mkdir(exist_ok=True)
+    next_checkpoint = 1.0 / (config.save_checkpoints + 1) if config.save_checkpoints else math.inf
     model.train()
     clock.start_training()
     stop = clock.should_stop()
     while not stop:
+        resume = clock.pause()  # planning and re-scoring count against the budget, not as step time
         t0 = now()
         throughput = samples / clock.train_s if clock.train_s > 0 else None
         affordable = throughput * max(0.0, clock.window_end - now()) if throughput else None
         plan = strategy.plan(strategies.EpochContext(epochs, clock.progress(), scores, order_gen, affordable))
+        if plan.refresh is not None and len(plan.refresh):
+            _refresh(plan.refresh, clock, model, train_batches, loss_fn, scores, steps, eval_batch, eval_s / len(test_batches))
         if plan.mask is not None and not bool(plan.mask.any()):
             raise RuntimeError(f"strategy {strategy.name!r} selected no samples in epoch {epochs}")
         order = sampler.epoch_order(n, order_gen, plan.mask)
         chunks = sampler.batches(order, config.batch_size)
         weights = plan.weights.to(device) if plan.weights is not None else None
         seconds_scoring += now() - t0
+        resume()
         kept = plan.kept(n)
         epoch_record = {"event": "epoch", "epoch": epochs, "time": round(clock.elapsed(), 4), "kept": kept,
                         "kept_fraction": kept / n, "phase": plan.phase}
@@ -356,6 +364,11 @@ def train(
             if clock.step_done(len(idx)):
                 stop = True
                 break
+            if clock.progress() >= next_checkpoint:
+                resume = clock.pause()
+                artifacts.save_torch(checkpoint_dir / f"step_{steps:08d}.pt", checkpoint(steps, epochs, samples))
+                resume()
+                next_checkpoint += 1.0 / (config.save_checkpoints + 1)
             if clock.elapsed() >= next_eval:
                 last_eval = _periodic_eval(clock, model, test_batches, bundle, eval_batch, save_s, log, steps)
                 next_eval = clock.elapsed() + config.eval_every
@@ -407,6 +420,30 @@ def train(
     summary["elapsed_s"] = clock.elapsed()
     artifacts.write_json(out_dir / "summary.json", summary)
     return TrainResult(out_dir=out_dir, summary=summary, model=model, config=config)
+
+
+@torch.no_grad()
+def _refresh(
+    index: torch.Tensor,
+    clock: BudgetClock,
+    model: nn.Module,
+    batches: Batches,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    scores: ScoreTable,
+    step: int,
+    batch_size: int,
+    seconds_per_sample: float,
+) -> None:
+    """Re-measure the losses of ``index`` with a forward pass (no gradient), trimmed to what fits before the tail."""
+    room = clock.window_end - clock.now() - clock.step_estimate()
+    affordable = int(max(0.0, room * 0.5) / max(seconds_per_sample, 1e-9))
+    index = index[:affordable]
+    if not len(index):
+        return
+    model.eval()
+    for x, y, idx in batches.iterate(list(index.split(batch_size))):
+        scores.record(idx, loss_fn(model(x), y), step)
+    model.train()
 
 
 def _periodic_eval(
