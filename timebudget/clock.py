@@ -62,6 +62,8 @@ class BudgetClock:
         self.sync = sync
         self.sync_every = max(1, sync_every)
         self.tail_s = 0.0
+        self.reference_step: float | None = None
+        self._median = self._estimate = 0.0
         self.recent: deque[float] = deque(maxlen=window)
         self.steps = 0
         self.train_s = 0.0
@@ -75,10 +77,17 @@ class BudgetClock:
         """Record the predicted cost of evaluation + checkpoint + summary, measured by the trainer."""
         self.tail_s = max(0.0, float(seconds))
 
+    def slowdown(self) -> float:
+        """How much slower recent steps run than the calibration step (>= 1). A machine that got busier since the
+        tail was measured will run the tail slower too, so the reserve grows by the same factor."""
+        if self.reference_step is None or not self.recent:
+            return 1.0
+        return max(1.0, self._median / self.reference_step)
+
     @property
     def reserve_s(self) -> float:
         """Seconds kept free at the end of the budget."""
-        return self.tail_s * self.tail_factor + self.margin_s
+        return self.tail_s * self.tail_factor * self.slowdown() + self.margin_s
 
     @property
     def window_end(self) -> float:
@@ -111,15 +120,22 @@ class BudgetClock:
     def step_estimate(self) -> float:
         """A cautious prediction of the next step's duration: the larger of the recent median and the last step
         (so a sudden slowdown, e.g. a competing process, is believed at once), and the recent 90th percentile."""
-        if not self.recent:
-            return 0.0
+        return self._estimate
+
+    def _observe(self, per_step: float, count: int = 1) -> None:
+        """Add step durations and refresh the cached statistics (once per measurement, not per query)."""
+        for _ in range(min(count, self.recent.maxlen or 1)):
+            self.recent.append(per_step)
         ordered = sorted(self.recent)
+        self._median = statistics.median(ordered)
         p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-        return max(statistics.median(ordered), self.recent[-1], p90)
+        self._estimate = max(self._median, self.recent[-1], p90)
 
     def seed_step(self, seconds: float) -> None:
-        """Prime the estimate with a measured probe step, so the very first decision is informed."""
-        self.recent.append(float(seconds))
+        """Prime the estimate with a measured probe step, so the very first decision is informed; it is also the
+        reference against which later slowdowns are judged."""
+        self._observe(float(seconds))
+        self.reference_step = float(seconds)
 
     def near_deadline(self) -> bool:
         return self.window_end - self.now() < 20 * max(self.step_estimate(), 1e-3) * self.sync_every
@@ -133,9 +149,7 @@ class BudgetClock:
         if self.sync is not None:
             self.sync()
         t = self.now()
-        per_step = (t - self._last) / self._pending
-        for _ in range(min(self._pending, self.recent.maxlen or 1)):
-            self.recent.append(per_step)
+        self._observe((t - self._last) / self._pending, self._pending)
         self.train_s += t - self._last
         self._last = t
         self._pending = 0
@@ -155,7 +169,7 @@ class BudgetClock:
         t0 = self.now()
         if self._pending and self._last is not None:
             self.train_s += t0 - self._last
-            self.recent.append((t0 - self._last) / self._pending)
+            self._observe((t0 - self._last) / self._pending, self._pending)
             self._pending = 0
 
         def resume() -> None:

@@ -60,6 +60,9 @@ class Config:
     log_every: int = 50
     margin: float = 0.05
     precision: str = "fp32"
+    average_from: float | None = None
+    ema_decay: float = 0.98
+    tta: bool = False
     channels_last: bool = False
     compile: bool = False
     data_path: str = "auto"
@@ -85,6 +88,9 @@ class Config:
                 f"select_warmup + anneal must leave part of the budget for selection, got {self.select_warmup} + "
                 f"{self.anneal}"
             )
+        if self.average_from is not None:
+            _in_range("average_from", self.average_from, 0.0, 1.0, hi_open=True)
+        _in_range("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
         if self.save_checkpoints < 0:
             raise TimebudgetError(f"save_checkpoints must be >= 0, got {self.save_checkpoints}")
         from .strategies import STRATEGIES  # the registry lives with the strategies

@@ -2,18 +2,24 @@
 
 The loop itself is plain PyTorch. Around it, the budget clock decides when to stop, the time schedule sets the
 learning rate from the fraction of the window used, the strategy picks each epoch's subset, and the score table
-records every per-sample loss. Before training starts, a calibration measures one step, a partial evaluation and a
-checkpoint serialisation, so the tail is reserved from measurements and a budget that cannot fit is refused.
+records every per-sample loss. Before training starts, a calibration measures one step (compiling it, if asked), a
+partial evaluation and a checkpoint serialisation, so the tail is reserved from measurements and a budget that cannot
+fit is refused before anything is written.
+
+Per step the loop does no host-device synchronisation (losses stay on the device; the clock syncs only every few
+steps on CUDA) and no work that grows with the data set: losses go into one per-epoch buffer that is written to the
+score table with one vectorised scatter when the epoch ends.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,15 +28,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import artifacts, augment, config as config_module, data, models, sampler, schedules, strategies
+from . import accel, artifacts, augment, config as config_module, data, models, sampler, schedules, strategies
+from .batches import Batches
 from .clock import BudgetClock
 from .config import Config
 from .errors import BudgetTooSmall, TimebudgetError
 from .scores import ScoreTable
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, dataset indices
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_CUDA_SYNC_EVERY = 16  # on an asynchronous device, time groups of steps; the clock syncs every step near the end
 
 
 @dataclass
@@ -42,14 +50,6 @@ class TrainResult:
 
 
 # --- set-up ------------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TimebudgetError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
     """Fill the fields left at ``None`` with values that suit this data (a careful hand-written loop's choices)."""
     n = len(bundle.train)
@@ -59,6 +59,12 @@ def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
         lr, weight_decay = 0.1 * batch_size / 128, 5e-4
     else:
         lr, weight_decay = 2e-3, 0.05
+    eval_every = config.eval_every
+    if eval_every is None:
+        eval_every = 0.0 if config.seconds < 300 else config.seconds / 10
+    loss = config.loss
+    if loss == "auto":
+        loss = "cross_entropy" if bundle.task == "classification" else "mse"
     return dataclasses.replace(
         config,
         optimizer=optimizer,
@@ -66,8 +72,9 @@ def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
         lr=config.lr or lr,
         weight_decay=weight_decay if config.weight_decay is None else config.weight_decay,
         augment=bundle.augment if config.augment is None else config.augment,
-        eval_every=(0.0 if config.seconds < 300 else config.seconds / 10) if config.eval_every is None else config.eval_every,
-        loss=config.loss if config.loss != "auto" else ("cross_entropy" if bundle.task == "classification" else "mse"),
+        eval_every=eval_every,
+        loss=loss,
+        model=config.model or ("cnn" if bundle.kind == "image" else "mlp"),
     )
 
 
@@ -81,7 +88,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def per_sample_loss(config: Config, task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def per_sample_loss(config: Config, task: str) -> LossFn:
     """A loss with ``reduction="none"``: one value per sample, which the score table records."""
     if task == "classification":
         if config.loss != "cross_entropy":
@@ -90,63 +97,24 @@ def per_sample_loss(config: Config, task: str) -> Callable[[torch.Tensor, torch.
     if config.loss == "cross_entropy":
         raise TimebudgetError("loss 'cross_entropy' needs integer class targets; this data has float targets (mse, l1)")
     elementwise = F.mse_loss if config.loss == "mse" else F.l1_loss
-    return lambda out, y: elementwise(out, y.view_as(out), reduction="none").flatten(1).mean(1)
-
-
-# --- batches -----------------------------------------------------------------------------------------------------
-class Batches:
-    """Yields ``(x, y, index)`` batches on the device for a given order of dataset positions.
-
-    An :class:`~timebudget.data.ArrayDataset` is moved to the device once and indexed directly; any other dataset
-    goes through a DataLoader fed with the same order.
-    """
-
-    def __init__(self, dataset: Dataset, device: torch.device, input_shape: tuple[int, ...], workers: int = 0) -> None:
-        self.dataset, self.device, self.input_shape, self.workers = dataset, device, input_shape, workers
-        self.resident = isinstance(dataset, data.ArrayDataset)
-        if self.resident:
-            self.x = dataset.x.to(device)
-            self.y = dataset.y.to(device)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def iterate(self, chunks: list[torch.Tensor]) -> Iterator[Batch]:
-        if self.resident:
-            for idx in chunks:
-                dev_idx = idx.to(self.device, non_blocking=True)
-                yield self.x[dev_idx], self.y[dev_idx], idx
-            return
-        loader = DataLoader(
-            _Indexed(self.dataset),
-            batch_sampler=[c.tolist() for c in chunks],
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
-        for x, y, idx in loader:
-            x = torch.as_tensor(x).to(self.device, non_blocking=True).view(len(idx), *self.input_shape)
-            yield x, torch.as_tensor(y).to(self.device, non_blocking=True), idx
-
-
-class _Indexed(Dataset):
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
-        x, y = self.dataset[i]
-        return x, y, i
+    return lambda out, y: elementwise(out.float(), y.view_as(out).float(), reduction="none").flatten(1).mean(1)
 
 
 # --- evaluation --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Batches, bundle: data.DataBundle, batch_size: int, max_batches: int | None = None
+    model: nn.Module,
+    batches: Batches,
+    bundle: data.DataBundle,
+    batch_size: int,
+    max_batches: int | None = None,
+    tta: bool = False,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> dict[str, float]:
-    """Test metrics in the data's own units: accuracy for classification, MAE and RMSE for regression."""
+    """Test metrics in the data's own units: accuracy for classification, MAE and RMSE for regression.
+
+    ``tta`` averages the predictions for each image and its mirror image (test-time flips).
+    """
     was_training = model.training
     model.eval()
     chunks = list(torch.arange(len(batches)).split(batch_size))[:max_batches]
@@ -155,7 +123,10 @@ def evaluate(
     sq_err = torch.zeros((), device=batches.device, dtype=torch.float64)
     count = 0
     for x, y, _ in batches.iterate(chunks):
-        out = model(x)
+        with autocast():
+            out = model(x)
+            if tta and x.ndim == 4:
+                out = (out + model(x.flip(3))) / 2
         if bundle.task == "classification":
             correct += (out.argmax(1) == y).sum()
             count += len(y)
@@ -175,10 +146,6 @@ def default_out_dir(config: Config) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     name = Path(config.data).stem.replace(":", "-").replace("/", "-")
     return Path("runs") / f"{stamp}-{name}-{config.strategy}"
-
-
-def _sync(device: torch.device) -> Callable[[], None] | None:
-    return torch.cuda.synchronize if device.type == "cuda" else None
 
 
 class _Progress:
@@ -216,14 +183,19 @@ def train(
     if clock.remaining() <= 0:
         raise BudgetTooSmall(f"--seconds {config.seconds:g} was used up by start-up alone ({clock.elapsed():.2f} s)")
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    device = accel.resolve_device(config.device)
+    accel.check_precision(config.precision, device)
     bundle = data.load(config.data, config.data_dir, config.image_size)
     config = resolve_defaults(config, bundle)
     model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
+    fmt = accel.memory_format(model, config.channels_last, bundle.kind == "image")
+    train_module = accel.compile_module(model, config.compile)
     optimizer = build_optimizer(config, model)
     loss_fn = per_sample_loss(config, bundle.task)
-    train_batches = Batches(bundle.train, device, bundle.input_shape, config.num_workers)
-    test_batches = Batches(bundle.test, device, bundle.input_shape, config.num_workers)
+    autocast = accel.autocast(config.precision, device)
+    scaler = accel.grad_scaler(config.precision, device)
+    train_batches = Batches(bundle.train, device, bundle.input_shape, config.data_path, config.num_workers, fmt)
+    test_batches = Batches(bundle.test, device, bundle.input_shape, config.data_path, config.num_workers, fmt)
     eval_batch = max(256, 4 * config.batch_size)
     n = len(train_batches)
     order_gen = torch.Generator().manual_seed(config.seed)
@@ -233,24 +205,35 @@ def train(
     schedule = schedules.TimeSchedule(
         optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
     )
-    clock.sync = _sync(device)
+    averaged: AveragedModel | None = None
+    clock.sync = torch.cuda.synchronize if device.type == "cuda" else None
+    clock.sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
 
     def step(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         if config.augment and x.ndim == 4:
             x = augment.crop_flip(x, aug_gen)
-        losses = loss_fn(model(x), y)
+        with autocast():
+            losses = loss_fn(train_module(x), y)
         loss = (losses * weights).mean() if weights is not None else losses.mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         return losses.detach()
 
+    def final_model() -> nn.Module:
+        return averaged.module if averaged is not None else model
+
+    def test_metrics(max_batches: int | None = None) -> dict[str, float]:
+        return evaluate(final_model(), test_batches, bundle, eval_batch, max_batches, config.tta, autocast)
+
     def checkpoint(steps: int, epochs: int, samples: int) -> dict[str, Any]:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "order": order_gen.get_state(), "augment": aug_gen.get_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "order": order_gen.get_state(),
+                               "augment": aug_gen.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
-            "model": model.state_dict(),
+            "model": final_model().state_dict(),
             "optimizer": optimizer.state_dict(),
             "steps": steps,
             "epochs": epochs,
@@ -269,13 +252,21 @@ def train(
         }
 
     # --- calibration: measure a step, the evaluation and the checkpoint before committing to the budget --------
-    probe_idx = sampler.batches(torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)), config.batch_size)[0]
-    (px, py, _), = train_batches.iterate([probe_idx])
+    first = sampler.batches(torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)), config.batch_size)
+    ((px, py, _),) = train_batches.iterate(first[:1])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     step_times = []
-    for _ in range(2):  # the first step is cold (allocations, kernel selection); the second is representative
+    for _ in range(3 if config.compile else 2):  # cold first step (and compilation); the last is representative
         t0 = now()
-        step(px, py, None)
+        try:
+            step(px, py, None)
+        except Exception as exc:
+            what = "compiling the training step" if config.compile else "a training step"
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise TimebudgetError(
+                f"{what} failed for model {config.model!r} on a batch of shape {tuple(px.shape)}: "
+                f"{type(exc).__name__}: {first_line}"
+            ) from None
         if clock.sync:
             clock.sync()
         step_times.append(now() - t0)
@@ -284,7 +275,7 @@ def train(
     test_chunks = math.ceil(len(test_batches) / eval_batch)
     probe_batches = min(test_chunks, 3)
     t0 = now()
-    evaluate(model, test_batches, bundle, eval_batch, max_batches=probe_batches)
+    test_metrics(max_batches=probe_batches)
     eval_s = (now() - t0) * test_chunks / probe_batches
     t0 = now()
     blob = artifacts.serialize({"ckpt": checkpoint(0, 0, 0), "scores": scores.state_dict()})
@@ -297,8 +288,9 @@ def train(
     if minimum > config.seconds:
         raise BudgetTooSmall(
             f"--seconds {config.seconds:g} is too small: start-up took {clock.elapsed() - sum(step_times):.2f} s, "
-            f"one training step takes {step_times[-1]:.3f} s and the final evaluation and checkpoint "
-            f"{clock.reserve_s:.2f} s; the minimum for this data and model here is about {math.ceil(minimum * 1.2)} s"
+            f"one training step takes {step_times[-1]:.3f} s (the first {step_times[0]:.2f} s) and the final "
+            f"evaluation and checkpoint {clock.reserve_s:.2f} s; the minimum for this data and model here is about "
+            f"{math.ceil(minimum * 1.2)} s"
         )
 
     # --- the run folder ----------------------------------------------------------------------------------------
@@ -308,19 +300,19 @@ def train(
     artifacts.write_text(out_dir / "config.yaml", config_module.dump(config))
     log = artifacts.MetricsLog(out_dir / "metrics.jsonl")
     bar = _Progress(config.seconds, config.quiet)
+    checkpoint_dir = out_dir / "checkpoints"
+    if config.save_checkpoints:
+        checkpoint_dir.mkdir(exist_ok=True)
+    checkpoint_every = 1.0 / (config.save_checkpoints + 1)
+    next_checkpoint = checkpoint_every if config.save_checkpoints else math.inf
+    average_from = config.average_from if config.average_from is not None else math.inf
 
     # --- the loop ----------------------------------------------------------------------------------------------
     steps = epochs = samples = 0
     seconds_scoring = 0.0
-    running = torch.zeros((), device=device)
-    running_n = 0
     last_eval = None
     next_eval = config.eval_every or math.inf
     kept_log: list[dict[str, Any]] = []
-    checkpoint_dir = out_dir / "checkpoints"
-    if config.save_checkpoints:
-        checkpoint_dir.mkdir(exist_ok=True)
-    next_checkpoint = 1.0 / (config.save_checkpoints + 1) if config.save_checkpoints else math.inf
     model.train()
     clock.start_training()
     stop = clock.should_stop()
@@ -331,32 +323,37 @@ def train(
         affordable = throughput * max(0.0, clock.window_end - now()) if throughput else None
         plan = strategy.plan(strategies.EpochContext(epochs, clock.progress(), scores, order_gen, affordable))
         if plan.refresh is not None and len(plan.refresh):
-            _refresh(plan.refresh, clock, model, train_batches, loss_fn, scores, steps, eval_batch, eval_s / len(test_batches))
+            _refresh(plan.refresh, clock, model, train_batches, loss_fn, scores, steps, eval_batch,
+                     eval_s / len(test_batches))
         if plan.mask is not None and not bool(plan.mask.any()):
             raise RuntimeError(f"strategy {strategy.name!r} selected no samples in epoch {epochs}")
         order = sampler.epoch_order(n, order_gen, plan.mask)
         chunks = sampler.batches(order, config.batch_size)
         weights = plan.weights.to(device) if plan.weights is not None else None
+        epoch_losses = torch.empty(len(order), device=device)
         seconds_scoring += now() - t0
         resume()
         kept = plan.kept(n)
-        epoch_record = {"event": "epoch", "epoch": epochs, "time": round(clock.elapsed(), 4), "kept": kept,
-                        "kept_fraction": kept / n, "phase": plan.phase}
-        kept_log.append(epoch_record)
-        log.write(epoch_record)
+        record = {"event": "epoch", "epoch": epochs, "time": round(clock.elapsed(), 4), "kept": kept,
+                  "kept_fraction": kept / n, "phase": plan.phase}
+        kept_log.append(record)
+        log.write(record)
+        done = logged = 0  # samples of this epoch trained / already logged
         for x, y, idx in train_batches.iterate(chunks):
-            lr = schedule.apply(clock.progress())
-            w = weights[idx.to(device)] if weights is not None else None
-            losses = step(x, y, w)
-            scores.record(idx, losses, steps)
+            p = clock.progress()
+            lr = schedule.apply(p)
+            losses = step(x, y, weights[idx.to(device, non_blocking=True)] if weights is not None else None)
+            epoch_losses[done:done + len(idx)] = losses
+            done += len(idx)
             steps += 1
             samples += len(idx)
-            running += losses.sum()
-            running_n += len(idx)
+            if p >= average_from:
+                if averaged is None:
+                    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                averaged.update_parameters(model)
             if steps % config.log_every == 0:
-                loss_value = float(running) / running_n
-                running.zero_()
-                running_n = 0
+                loss_value = float(epoch_losses[logged:done].mean())
+                logged = done
                 elapsed = clock.elapsed()
                 log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(elapsed, 4), "lr": lr,
                            "loss": loss_value, "samples": samples})
@@ -364,34 +361,36 @@ def train(
             if clock.step_done(len(idx)):
                 stop = True
                 break
-            if clock.progress() >= next_checkpoint:
+            if p >= next_checkpoint:
                 resume = clock.pause()
                 artifacts.save_torch(checkpoint_dir / f"step_{steps:08d}.pt", checkpoint(steps, epochs, samples))
                 resume()
-                next_checkpoint += 1.0 / (config.save_checkpoints + 1)
+                next_checkpoint += checkpoint_every
             if clock.elapsed() >= next_eval:
-                last_eval = _periodic_eval(clock, model, test_batches, bundle, eval_batch, save_s, log, steps)
+                last_eval = _periodic_eval(clock, test_metrics, save_s, log, steps) or last_eval
                 next_eval = clock.elapsed() + config.eval_every
+        t0 = now()
+        scores.record(order[:done], epoch_losses[:done], steps)
+        seconds_scoring += now() - t0
+        if done > logged:
+            log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(clock.elapsed(), 4),
+                       "lr": schedule.lr, "loss": float(epoch_losses[logged:done].mean()), "samples": samples})
         epochs += 1
         log.flush()
         stop = stop or clock.should_stop()
     clock.stop_training()
     bar.close()
-    if running_n:
-        log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(clock.elapsed(), 4),
-                   "lr": schedule.lr, "loss": float(running) / running_n, "samples": samples})
     log.flush()
 
     # --- the tail: final evaluation, checkpoint, scores, summary ----------------------------------------------
     tail_start = now()
-    test_metrics = evaluate(model, test_batches, bundle, eval_batch)
+    metrics = test_metrics()
     artifacts.save_torch(out_dir / "checkpoint.pt", checkpoint(steps, epochs, samples))
     artifacts.save_torch(out_dir / "scores.pt", scores.state_dict())
-    seen = int(scores.seen.sum())
     summary = {
         "budget_s": config.seconds,
         "elapsed_s": None,
-        "test_metrics": test_metrics,
+        "test_metrics": metrics,
         "samples_trained": samples,
         "steps": steps,
         "epochs": epochs,
@@ -401,17 +400,22 @@ def train(
         "strategy": config.strategy,
         "device": str(device),
         "data": bundle.name,
+        "data_path": train_batches.path,
         "task": bundle.task,
-        "model": config.model or ("cnn" if bundle.kind == "image" else "mlp"),
+        "model": config.model,
+        "precision": config.precision,
         "n_train": n,
         "n_test": len(test_batches),
         "seconds_scoring": seconds_scoring,
         "samples_skipped": sum(n - r["kept"] for r in kept_log),
-        "fraction_seen": seen / n,
-        "epoch_subsets": [{"epoch": r["epoch"], "kept": r["kept"], "kept_fraction": r["kept_fraction"]} for r in kept_log],
+        "fraction_seen": float(scores.seen.float().mean()),
+        "epoch_subsets": [{"epoch": r["epoch"], "kept": r["kept"], "kept_fraction": r["kept_fraction"]}
+                          for r in kept_log],
         "final_lr": schedule.lr,
         "startup_s": clock.training_started - clock.start,
+        "calibration": {"step_s": step_times, "eval_s": eval_s, "save_s": save_s},
         "tail_reserved_s": clock.reserve_s,
+        "weights_averaged": averaged is not None,
         "periodic_eval": last_eval,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -419,7 +423,7 @@ def train(
     summary["tail_s"] = now() - tail_start
     summary["elapsed_s"] = clock.elapsed()
     artifacts.write_json(out_dir / "summary.json", summary)
-    return TrainResult(out_dir=out_dir, summary=summary, model=model, config=config)
+    return TrainResult(out_dir=out_dir, summary=summary, model=final_model(), config=config)
 
 
 @torch.no_grad()
@@ -428,7 +432,7 @@ def _refresh(
     clock: BudgetClock,
     model: nn.Module,
     batches: Batches,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: LossFn,
     scores: ScoreTable,
     step: int,
     batch_size: int,
@@ -448,10 +452,7 @@ def _refresh(
 
 def _periodic_eval(
     clock: BudgetClock,
-    model: nn.Module,
-    test_batches: Batches,
-    bundle: data.DataBundle,
-    eval_batch: int,
+    test_metrics: Callable[[], dict[str, float]],
     save_s: float,
     log: artifacts.MetricsLog,
     steps: int,
@@ -461,7 +462,7 @@ def _periodic_eval(
         return None
     resume = clock.pause()
     t0 = clock.now()
-    metrics = evaluate(model, test_batches, bundle, eval_batch)
+    metrics = test_metrics()
     eval_s = clock.now() - t0
     resume()
     clock.measure_tail(eval_s + save_s + 0.01)

@@ -1,0 +1,81 @@
+"""Device, precision and compilation: what makes a step fast, each option accepted or refused clearly, never
+silently ignored.
+
+- ``precision``: ``bf16`` or ``fp16`` autocast (``fp16`` with a gradient scaler); refused where the hardware cannot
+  run it (bf16 on a GPU or CPU without bf16 support, fp16 on a CPU whose oneDNN lacks it).
+- ``channels_last``: the NHWC memory format that tensor-core convolutions prefer (image models only).
+- ``compile``: ``torch.compile`` of the training module. Compilation happens in the trainer's calibration steps,
+  so its cost is measured and charged to the budget and never mistaken for a normal step.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import TimebudgetError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TimebudgetError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision this device cannot run, with the reason and the alternatives."""
+    if precision == "fp32":
+        return
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise TimebudgetError("precision bf16 is not supported by this GPU; use fp16 or fp32")
+        return
+    if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise TimebudgetError("precision bf16 is not supported by this CPU (no native bf16 in oneDNN); use fp32")
+    if precision == "fp16" and not torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        raise TimebudgetError("precision fp16 is not supported on this CPU; use bf16 (if supported) or fp32")
+
+
+def autocast(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of autocast contexts for the forward pass (a no-op context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = _DTYPES[precision]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 only (bf16 has fp32's range); disabled scalers pass through at no cost."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def memory_format(model: nn.Module, enabled: bool, image: bool) -> torch.memory_format:
+    if not enabled:
+        return torch.contiguous_format
+    if not image:
+        raise TimebudgetError("channels_last applies to image models only; this data is tabular")
+    model.to(memory_format=torch.channels_last)
+    return torch.channels_last
+
+
+def compile_module(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile`` the module for training; evaluation keeps the eager module (same parameters), so the
+    final evaluation never pays for a second compilation."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model, dynamic=False)
+    except Exception as exc:  # torch refuses at once on unsupported platforms / Python versions
+        raise TimebudgetError(f"compile: torch cannot compile here ({exc}); run without --set compile=true") from None
