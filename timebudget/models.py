@@ -3,7 +3,9 @@
 ``cnn`` (default for images) stacks conv-BN-ReLU stages, halving the resolution until about 4x4, then global pooling:
 small enough for a CPU budget, and it adapts to 8x8 digits as well as 32x32 CIFAR. ``mlp`` (default for tabular
 data) is two hidden layers with BatchNorm. ``resnet18`` is torchvision's, with the 3x3 stride-1 stem used for 32x32
-inputs (no max-pool), as in the CIFAR literature.
+inputs (no max-pool), as in the CIFAR literature. ``airnet`` is a compact residual net in the spirit of the CIFAR-10
+speed-run codes (a ResNet-9-like stack of conv-pool stages with residual pairs and a scaled linear head), the model of
+``configs/cifar10-fast.yaml``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch import nn
 from .errors import TimebudgetError
 from .imports import import_callable
 
-NAMES = ("cnn", "mlp", "resnet18")
+NAMES = ("cnn", "mlp", "resnet18", "airnet")
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
@@ -33,6 +35,39 @@ def cnn(input_shape: tuple[int, ...], num_outputs: int, width: int = 32) -> nn.M
         layers += [_conv_bn(cin, 2 * cin), nn.MaxPool2d(2) if size >= 2 else nn.Identity()]
         cin, size = 2 * cin, size // 2
     layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_outputs)]
+    return nn.Sequential(*layers)
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(width, width), _conv_bn(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class _Scale(nn.Module):
+    """A fixed output scale: keeps the initial logits small, which the speed-run codes found trains faster."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def airnet(input_shape: tuple[int, ...], num_outputs: int, widths: tuple[int, ...] = (64, 128, 256)) -> nn.Module:
+    """Stem, then per width: conv, max-pool, and a residual pair of convs; global max-pool and a scaled head."""
+    if len(input_shape) != 3:
+        raise TimebudgetError(f"model airnet needs image inputs (C, H, W), got sample shape {tuple(input_shape)}")
+    layers: list[nn.Module] = [_conv_bn(input_shape[0], widths[0] // 2)]
+    cin = widths[0] // 2
+    for width in widths:
+        layers += [_conv_bn(cin, width), nn.MaxPool2d(2), _Residual(width)]
+        cin = width
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_outputs, bias=False), _Scale(0.125)]
     return nn.Sequential(*layers)
 
 
@@ -61,7 +96,7 @@ def resnet18(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     return model
 
 
-_MODELS = {"cnn": cnn, "mlp": mlp, "resnet18": resnet18}
+_MODELS = {"cnn": cnn, "mlp": mlp, "resnet18": resnet18, "airnet": airnet}
 
 
 def build(spec: str | None, input_shape: tuple[int, ...], num_outputs: int, kind: str) -> nn.Module:
