@@ -63,7 +63,7 @@ class BudgetClock:
         self.sync_every = max(1, sync_every)
         self.tail_s = 0.0
         self.reference_step: float | None = None
-        self._median = self._estimate = 0.0
+        self._median = self._latest = self._estimate = 0.0
         self.recent: deque[float] = deque(maxlen=window)
         self.steps = 0
         self.train_s = 0.0
@@ -78,11 +78,11 @@ class BudgetClock:
         self.tail_s = max(0.0, float(seconds))
 
     def slowdown(self) -> float:
-        """How much slower recent steps run than the calibration step (>= 1). A machine that got busier since the
+        """How much slower the last few steps ran than the calibration step (>= 1). A machine that got busier since the
         tail was measured will run the tail slower too, so the reserve grows by the same factor."""
         if self.reference_step is None or not self.recent:
             return 1.0
-        return max(1.0, self._median / self.reference_step)
+        return max(1.0, self._latest / self.reference_step)
 
     @property
     def reserve_s(self) -> float:
@@ -128,6 +128,7 @@ class BudgetClock:
             self.recent.append(per_step)
         ordered = sorted(self.recent)
         self._median = statistics.median(ordered)
+        self._latest = statistics.median(list(self.recent)[-8:])
         p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         self._estimate = max(self._median, self.recent[-1], p90)
 
@@ -140,7 +141,7 @@ class BudgetClock:
     def near_deadline(self) -> bool:
         return self.window_end - self.now() < 20 * max(self.step_estimate(), 1e-3) * self.sync_every
 
-    def step_done(self, samples: int = 0) -> bool:
+    def step_done(self) -> bool:
         """Account one finished step; return True when another step would not fit before the tail."""
         self._pending += 1
         self.steps += 1

@@ -358,7 +358,7 @@ def train(
                 log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(elapsed, 4), "lr": lr,
                            "loss": loss_value, "samples": samples})
                 bar.update(elapsed, lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
-            if clock.step_done(len(idx)):
+            if clock.step_done():
                 stop = True
                 break
             if p >= next_checkpoint:

@@ -1,0 +1,167 @@
+"""Throughput: timebudget against a plain hand-written PyTorch loop, side by side, plus the cost of ranking.
+
+Part 1 runs, for each (data, model) case, a plain loop (below: written for clarity and speed, the baseline) and
+``timebudget.train`` with ``--strategy full`` and ``--strategy selective``, interleaved round by round so that machine
+load hits all three alike, each for the same number of seconds on the same model, data and batch size. It reports
+samples per second (samples trained / seconds inside the training loop) and the ratio to the plain loop. For
+``selective`` the samples it chose to skip are not counted (they were not trained), and a second ratio charges its
+scoring time too.
+
+Part 2 times one epoch plan (ranking plus subset building) of each selection strategy on a score table of N samples.
+
+    python benchmarks/throughput.py                 # CPU cases, 15 s per run, 2 rounds
+    python benchmarks/throughput.py --quick         # smoke run
+    python benchmarks/throughput.py --device cuda   # adds the CUDA cases (fast config, resnet18 in bf16)
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from timebudget import data, models, strategies
+from timebudget.config import Config
+from timebudget.scores import ScoreTable
+from timebudget.trainer import train
+
+
+def plain_loop(
+    x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, batch_size: int, lr: float, seconds: float,
+    device: torch.device, precision: str = "fp32",
+) -> float:
+    """The baseline: data resident on the device, shuffled index batches, SGD with Nesterov momentum, a linear
+    learning-rate decay by time. Returns samples per second inside the loop (after two warm-up steps)."""
+    x, y = x.to(device), y.to(device)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(idx: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    warm = torch.arange(batch_size, device=device) % len(x)
+    for _ in range(2):
+        step(warm)
+    sync()
+    samples, start = 0, time.perf_counter()
+    end = start + seconds
+    while time.perf_counter() < end:
+        for idx in torch.randperm(len(x), device=device).split(batch_size):
+            if len(idx) < batch_size:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr * max(0.0, 1 - (time.perf_counter() - start) / seconds)
+            step(idx)
+            samples += len(idx)
+            if time.perf_counter() >= end:
+                break
+    sync()
+    return samples / (time.perf_counter() - start)
+
+
+def cifar_shaped(path: Path, n: int = 5000) -> str:
+    """A CIFAR-shaped synthetic set (3x32x32 float, 10 classes), written as an .npz the CLI can read too."""
+    g = np.random.default_rng(0)
+    protos = g.normal(size=(10, 3, 32, 32)).astype(np.float32)
+    ys = [g.integers(0, 10, n), g.integers(0, 10, n // 5)]
+    xs = [(protos[y] * 0.5 + g.normal(size=(len(y), 3, 32, 32))).astype(np.float32) for y in ys]
+    np.savez(path, x_train=xs[0], y_train=ys[0], x_test=xs[1], y_test=ys[1])
+    return str(path)
+
+
+def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
+    cifar = cifar_shaped(tmp / "cifar_shaped.npz")
+    cases = [("digits", "digits", "cnn", "fp32", "cpu"), ("cifar-shaped", cifar, "cnn", "fp32", "cpu"),
+             ("cifar-shaped", cifar, "resnet18", "fp32", "cpu")]
+    if args.device == "cuda":
+        cases += [("cifar-shaped", cifar, "airnet", "bf16", "cuda"), ("cifar-shaped", cifar, "resnet18", "bf16", "cuda")]
+    print(f"\n{'data':<14}{'model':<10}{'device':<7}{'prec':<6}{'plain/s':>10}{'full/s':>10}{'ratio':>7}"
+          f"{'selective/s':>13}{'ratio':>7}{'incl. scoring':>15}")
+    for label, spec, model_name, precision, device_name in cases:
+        device = torch.device(device_name)
+        bundle = data.load(spec)
+        batch_size = 128
+        plain, full, sel, sel_charged = [], [], [], []
+        for r in range(args.rounds):
+            torch.manual_seed(r)
+            model = models.build(model_name, bundle.input_shape, bundle.num_outputs, bundle.kind)
+            plain.append(plain_loop(bundle.train.x, bundle.train.y, model, batch_size, 0.1, args.seconds, device,
+                                    precision))
+            for strategy, out in (("full", full), ("selective", sel)):
+                if strategy not in strategies.STRATEGIES:
+                    continue
+                cfg = Config(seconds=args.seconds + 2, data=spec, model=model_name, batch_size=batch_size,
+                             strategy=strategy, device=device_name, precision=precision, quiet=True, seed=r,
+                             out=str(tmp / f"{label}-{model_name}-{strategy}-{r}"))
+                s = train(cfg).summary
+                out.append(s["samples_per_s"])
+                if strategy == "selective":
+                    sel_charged.append(s["samples_trained"] / (s["train_s"] + s["seconds_scoring"]))
+        p, f = statistics.median(plain), statistics.median(full)
+        row = f"{label:<14}{model_name:<10}{device_name:<7}{precision:<6}{p:>10.0f}{f:>10.0f}{f / p:>7.3f}"
+        if sel:
+            s_med, c_med = statistics.median(sel), statistics.median(sel_charged)
+            row += f"{s_med:>13.0f}{s_med / p:>7.3f}{c_med / p:>15.3f}"
+        else:
+            row += f"{'(not built)':>13}"
+        print(row, flush=True)
+
+
+def ranking_costs(sizes: list[int], device: torch.device) -> None:
+    names = [name for name in strategies.STRATEGIES if name != "full"]
+    print(f"\nOne epoch plan (ranking + subset building) in seconds, scores on {device}, progress 0.5:")
+    print(f"{'N':>10}" + "".join(f"{name:>12}" for name in names) + f"{'argsort':>12}")
+    for n in sizes:
+        scores = ScoreTable(n, device=device)
+        gen = torch.Generator().manual_seed(0)
+        scores.record(torch.arange(n), torch.rand(n, generator=gen).to(device) * 3, step=1)
+        row = f"{n:>10}"
+        for name in names:
+            strategy = strategies.build(Config(seconds=100, strategy=name), "classification")
+            ctx = strategies.EpochContext(epoch=5, progress=0.5, scores=scores, generator=gen, affordable=0.3 * n)
+            strategy.plan(ctx)  # first call may allocate state
+            t0 = time.perf_counter()
+            strategy.plan(strategies.EpochContext(6, 0.5, scores, gen, 0.3 * n))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            row += f"{time.perf_counter() - t0:>12.4f}"
+        t0 = time.perf_counter()
+        torch.argsort(scores.average)
+        row += f"{time.perf_counter() - t0:>12.4f}"
+        print(row, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0, help="training seconds per run")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per case (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="N for the ranking costs")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 s runs, 1 round, N up to 1e5")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.sizes = 4.0, 1, "1e4,1e5"
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        throughput_cases(args, Path(tmp))
+    ranking_costs([int(float(s)) for s in args.sizes.split(",")], torch.device(args.device))
+
+
+if __name__ == "__main__":
+    main()
