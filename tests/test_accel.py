@@ -1,0 +1,96 @@
+"""Precision, memory format and compile options are honoured or refused with a clear error, never ignored."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from timebudget import accel
+from timebudget.config import Config
+from timebudget.errors import TimebudgetError
+from timebudget.trainer import train
+
+CPU = torch.device("cpu")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize(("precision", "probe"), [("bf16", "_is_mkldnn_bf16_supported"),
+                                                  ("fp16", "_is_mkldnn_fp16_supported")])
+def test_cpu_precision_follows_what_the_cpu_supports(monkeypatch: pytest.MonkeyPatch, precision: str, probe: str) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, probe, lambda: False)
+    with pytest.raises(TimebudgetError, match=f"precision {precision} is not supported"):
+        accel.check_precision(precision, CPU)
+    monkeypatch.setattr(torch.ops.mkldnn, probe, lambda: True)
+    accel.check_precision(precision, CPU)
+
+
+def test_fp32_is_always_accepted_and_autocast_is_a_no_op() -> None:
+    accel.check_precision("fp32", CPU)
+    with accel.autocast("fp32", CPU)():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_bf16_autocast_computes_in_bf16() -> None:
+    with accel.autocast("bf16", CPU)():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_only_fp16_scales_the_loss() -> None:
+    assert not accel.grad_scaler("bf16", CPU).is_enabled()
+    assert accel.grad_scaler("fp16", CPU).is_enabled()
+
+
+def test_channels_last_is_refused_for_tabular_models() -> None:
+    with pytest.raises(TimebudgetError, match="channels_last applies to image models only"):
+        accel.memory_format(nn.Linear(3, 2), True, image=False)
+    conv = nn.Conv2d(3, 4, 3)
+    assert accel.memory_format(conv, True, image=True) == torch.channels_last
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compile_refused_where_torch_cannot_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Windows not yet supported for torch.compile")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    with pytest.raises(TimebudgetError, match="torch cannot compile here"):
+        accel.compile_module(nn.Linear(2, 2), True)
+
+
+def test_a_compile_failure_at_the_first_step_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """torch.compile is lazy: backends fail at the first call, which the calibration step makes."""
+
+    def broken_backend(model: nn.Module, **kwargs: object):
+        def run(*args: object) -> None:
+            raise RuntimeError("InductorError: no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_backend)
+    with pytest.raises(TimebudgetError, match="compiling the training step failed"):
+        train(Config(seconds=30, compile=True, quiet=True, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_is_refused_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TimebudgetError, match="CUDA is not available"):
+        accel.resolve_device("cuda")
+    assert accel.resolve_device("auto") == CPU
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bf16")
+def test_bf16_channels_last_run_on_cpu_learns(tmp_path) -> None:
+    s = train(Config(seconds=6, precision="bf16", channels_last=True, quiet=True, out=str(tmp_path / "r"))).summary
+    assert s["precision"] == "bf16"
+    assert s["test_metrics"]["accuracy"] > 0.5
+
+
+@needs_cuda
+@pytest.mark.parametrize("options", [{}, {"precision": "bf16", "channels_last": True}, {"compile": True}])
+def test_cuda_runs_end_before_the_deadline_and_learn(tmp_path, options: dict) -> None:
+    budget = 60 if options.get("compile") else 15
+    s = train(Config(seconds=budget, device="cuda", quiet=True, out=str(tmp_path / "r"), **options)).summary
+    assert s["device"].startswith("cuda")
+    assert s["elapsed_s"] <= budget
+    assert s["test_metrics"]["accuracy"] > 0.9
