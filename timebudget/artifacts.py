@@ -53,7 +53,7 @@ class MetricsLog:
         self.path = Path(path)
         self.buffer: list[str] = []
         self.buffer_lines = buffer_lines
-        self.path.touch()
+        write_text(self.path, "")
 
     def write(self, record: dict[str, Any]) -> None:
         self.buffer.append(json.dumps(record))

@@ -182,6 +182,8 @@ def train(
     clock = BudgetClock(config.seconds, start=start, now=now, margin_s=config.margin)
     if clock.remaining() <= 0:
         raise BudgetTooSmall(f"--seconds {config.seconds:g} was used up by start-up alone ({clock.elapsed():.2f} s)")
+    if config.out and (Path(config.out) / "summary.json").exists():
+        raise TimebudgetError(f"--out {config.out!r} already holds a finished run (summary.json); choose a new folder")
     torch.manual_seed(config.seed)
     device = accel.resolve_device(config.device)
     accel.check_precision(config.precision, device)
