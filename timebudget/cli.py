@@ -71,7 +71,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay")
     t.add_argument("--warmup", type=float, help="warm-up as a fraction of the budget (default 0)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no closing line")
+    t.add_argument("--explain", action="store_true", help="after the deadline, run `timebudget explain` on the run "
+                   "folder with its defaults; this runs outside the budget (same as --set explain=true)")
+    _add_explain_parser(sub)
     return parser
+
+
+def _add_explain_parser(sub: Any) -> None:
+    e = sub.add_parser(
+        "explain",
+        help="Captum attributions of a finished run: what it learnt and what its score table found important",
+        description="Integrated Gradients for a few test samples per class and for the training samples with the "
+        "highest (kept) and lowest (dropped) scores: PNG figures and explain.json. Runs after training, outside "
+        "any budget, and prints how long it took.",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by timebudget train")
+    e.add_argument("--samples", type=int, default=4, metavar="N", help="samples per group (class, kept, dropped)")
+    e.add_argument("--n-steps", dest="n_steps", type=int, default=50, help="Integrated Gradients steps (default 50)")
+    e.add_argument("--baseline", default="zeros", choices=("zeros", "blur", "mean"),
+                   help="reference input: zeros (the data mean after standardisation), blur (images), mean input")
+    e.add_argument("--internal-batch-size", dest="internal_batch_size", type=int, metavar="N",
+                   help="most inputs per forward pass, to bound memory (default: all at once)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
+    e.add_argument("--target", default="true", choices=("true", "pred"),
+                   help="attribute the true class (default) or the predicted one")
+    e.add_argument("--classes", type=int, nargs="+", metavar="K", help="class indices to analyse (default all)")
+    e.add_argument("--output", type=int, default=0, metavar="K", help="regression output to attribute (default 0)")
+    e.add_argument("--tracin", action="store_true", help="also TracInCPFast self-influence from the run's checkpoints "
+                   "and its rank correlation with the loss scores")
+    e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -84,6 +112,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
             overrides[key] = value
     if args.quiet:
         overrides["quiet"] = True
+    if args.explain:
+        overrides["explain"] = True
     overrides["seconds"] = config_module.check_seconds(args.seconds)
     for item in args.set:
         key, value = config_module.parse_override(item)
@@ -102,13 +132,27 @@ def _train(args: argparse.Namespace) -> int:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in s["test_metrics"].items())
         print(f"timebudget: {metrics}; {s['steps']} steps, {s['epochs']} epochs, {s['samples_per_s']:.0f} samples/s; "
               f"artifacts in {result.out_dir} after {s['elapsed_s']:.2f} of {s['budget_s']:g} s")
+    if config.explain:  # after the deadline: the run folder is complete, the budget is over
+        from . import explain
+
+        explain.run(result.out_dir, explain.Options(device=config.device, quiet=config.quiet))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from . import explain
+
+    options = explain.Options(samples=args.samples, n_steps=args.n_steps, baseline=args.baseline,
+                              internal_batch_size=args.internal_batch_size, device=args.device, target=args.target,
+                              output=args.output, classes=args.classes, tracin=args.tracin, out=args.out)
+    explain.run(args.run_dir, options)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code = _train(args)
+        code = _explain(args) if args.command == "explain" else _train(args)
     except BudgetTooSmall as exc:
         print(f"timebudget: error: {exc}", file=sys.stderr)
         code = EXIT_BUDGET_TOO_SMALL
