@@ -255,7 +255,7 @@ def _labels(ds: Dataset) -> torch.Tensor:
     return torch.stack([torch.as_tensor(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
 
 
-def test_groups(run: Run, options: Options) -> list[Group]:
+def held_out_groups(run: Run, options: Options) -> list[Group]:
     """Per class, the first ``samples`` test samples; for regression, samples spread evenly over the target range."""
     labels = _labels(run.bundle.test)
     if run.bundle.task == "regression":
@@ -266,7 +266,7 @@ def test_groups(run: Run, options: Options) -> list[Group]:
             for k in _classes(run, options)]
 
 
-def train_groups(run: Run, options: Options) -> tuple[list[Group], str | None]:
+def kept_dropped_groups(run: Run, options: Options) -> tuple[list[Group], str | None]:
     """The measured training samples with the highest ("kept") and lowest ("dropped") average score."""
     if run.scores is None:
         return [], run.scores_note
@@ -456,8 +456,11 @@ def bar_figure(panels_: list[tuple[str, list[tuple[str, np.ndarray]]]], path: Pa
 
 
 def _save(fig: Any, path: Path) -> None:
+    """Render with the Agg canvas explicitly: headless, and without touching pyplot's global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    FigureCanvasAgg(fig).print_png(buffer)
     artifacts.write_bytes(path, buffer.getvalue())
 
 
@@ -514,8 +517,8 @@ def run(run_dir: str | Path, options: Options | None = None) -> dict[str, Any]:
     out = Path(options.out) if options.out else loaded.path / "explain"
     out.mkdir(parents=True, exist_ok=True)
 
-    kept_dropped, missing_note = train_groups(loaded, options)
-    groups = test_groups(loaded, options)
+    kept_dropped, missing_note = kept_dropped_groups(loaded, options)
+    groups = held_out_groups(loaded, options)
     tests = [analyse(loaded, g, options, baseline) for g in groups if len(g.index)]
     trains = [analyse(loaded, g, options, baseline) for g in kept_dropped]
     notes = [f"no kept/dropped comparison: {missing_note}"] if missing_note else []
@@ -534,6 +537,8 @@ def run(run_dir: str | Path, options: Options | None = None) -> dict[str, Any]:
         "target": options.target if loaded.bundle.task == "classification" else f"output {options.output}",
         "device": str(device),
         "samples_per_group": options.samples,
+        "groups": "test samples per class (regression: spread over the target range); kept / dropped: the measured "
+                  "training samples with the highest / lowest average score (a loss-based selection keeps the high)",
         "comparison": compare(trains[0].records, trains[1].records, loaded.bundle.task) if trains else None,
         "notes": notes,
     }
