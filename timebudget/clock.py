@@ -78,16 +78,17 @@ class BudgetClock:
         self.tail_s = max(0.0, float(seconds))
 
     def slowdown(self) -> float:
-        """How much slower the last few steps ran than the calibration step (>= 1). A machine that got busier since the
-        tail was measured will run the tail slower too, so the reserve grows by the same factor."""
+        """How much slower the last few steps ran than the calibration step. When it changes a lot, the machine's
+        load changed and the trainer re-times the tail (steps and evaluation do not slow down by the same factor:
+        small steps suffer far more from competing threads, so the ratio is a trigger, not a scale)."""
         if self.reference_step is None or not self.recent:
             return 1.0
-        return max(1.0, self._latest / self.reference_step)
+        return self._latest / self.reference_step
 
     @property
     def reserve_s(self) -> float:
         """Seconds kept free at the end of the budget."""
-        return self.tail_s * self.tail_factor * self.slowdown() + self.margin_s
+        return self.tail_s * self.tail_factor + self.margin_s
 
     @property
     def window_end(self) -> float:

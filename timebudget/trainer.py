@@ -279,6 +279,7 @@ def train(
     t0 = now()
     test_metrics(max_batches=probe_batches)
     eval_s = (now() - t0) * test_chunks / probe_batches
+    tail_probe = _TailProbe(lambda: evaluate(final_model(), test_batches, bundle, 256, max_batches=1), now)
     t0 = now()
     blob = artifacts.serialize({"ckpt": checkpoint(0, 0, 0), "scores": scores.state_dict()})
     with tempfile.TemporaryFile() as fh:
@@ -363,6 +364,10 @@ def train(
             if clock.step_done():
                 stop = True
                 break
+            if tail_probe.load_changed(clock.slowdown()):
+                resume = clock.pause()
+                clock.measure_tail((eval_s + save_s) * tail_probe.retime(clock.slowdown()) + 0.01)
+                resume()
             if p >= next_checkpoint:
                 resume = clock.pause()
                 artifacts.save_torch(checkpoint_dir / f"step_{steps:08d}.pt", checkpoint(steps, epochs, samples))
@@ -426,6 +431,38 @@ def train(
     summary["elapsed_s"] = clock.elapsed()
     artifacts.write_json(out_dir / "summary.json", summary)
     return TrainResult(out_dir=out_dir, summary=summary, model=final_model(), config=config)
+
+
+class _TailProbe:
+    """Re-times the tail when the machine's load changes (a competing process starts or stops).
+
+    A one-batch evaluation is timed at calibration (median of three); when the steps' slowdown moves by more than ``hysteresis``
+    since the last probe, the same batch is timed again and the tail estimate is scaled by the evaluation's own
+    slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far more from
+    competing threads than the evaluation does.
+    """
+
+    def __init__(self, probe: Callable[[], object], now: Callable[[], float], hysteresis: float = 1.5) -> None:
+        self.probe, self.now, self.hysteresis = probe, now, hysteresis
+        self.reference = self._time()
+        self.at_slowdown = 1.0
+
+    def _time(self) -> float:
+        times = []
+        for _ in range(3):
+            t0 = self.now()
+            self.probe()
+            times.append(self.now() - t0)
+        return max(sorted(times)[1], 1e-6)
+
+    def load_changed(self, slowdown: float) -> bool:
+        ratio = slowdown / self.at_slowdown
+        return ratio > self.hysteresis or ratio < 1 / self.hysteresis
+
+    def retime(self, slowdown: float) -> float:
+        """Time the probe again; return the evaluation's slowdown relative to calibration (at least 1)."""
+        self.at_slowdown = slowdown
+        return max(1.0, self._time() / self.reference)
 
 
 @torch.no_grad()
