@@ -255,11 +255,19 @@ def imagefolder(data_dir: str | None, image_size: int = 32) -> DataBundle:
     )
     loader = _rgb_loader
 
+    def is_image(name: str) -> bool:
+        return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
     def folder(path: Path) -> Any:
         classes = [d for d in sorted(path.iterdir()) if d.is_dir()]
-        if not classes or not any(f.suffix.lower() in IMAGE_EXTENSIONS for d in classes for f in d.iterdir()):
+        empty = [d.name for d in classes if not any(is_image(f.name) for f in d.rglob("*"))]
+        if len(empty) == len(classes):
             raise TimebudgetError(f"--data imagefolder: {path} has no class sub-folders with images; expected {layout}")
-        return datasets.ImageFolder(str(path), transform=tf, loader=loader)
+        if empty:
+            raise TimebudgetError(
+                f"--data imagefolder: class folders without images in {path}: {', '.join(empty)}; expected {layout}"
+            )
+        return datasets.ImageFolder(str(path), transform=tf, loader=loader, is_valid_file=is_image)
 
     train = folder(train_dir)
     if test_dir is not None and train_dir != root:

@@ -20,8 +20,9 @@ def epoch_order(n: int, generator: torch.Generator, mask: torch.Tensor | None = 
 
 def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Split an order into batches; a trailing partial batch is kept only if it is at least half a batch (tiny
-    batches waste a step on little data and break BatchNorm at size 1)."""
+    batches waste a step on little data and break BatchNorm at size 1). A full batch is never dropped, not even at
+    ``batch_size`` 1."""
     chunks = list(order.split(batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) < max(2, batch_size // 2):
+    if len(chunks) > 1 and len(chunks[-1]) < min(batch_size, max(2, batch_size // 2)):
         chunks.pop()
     return chunks

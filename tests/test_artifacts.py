@@ -1,0 +1,71 @@
+"""Run-folder writes: atomic (a reader sees the old file or the new one, never half of one), and readable."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from timebudget import artifacts
+
+
+def test_write_replaces_the_file_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "summary.json"
+    artifacts.write_json(path, {"steps": 1})
+    artifacts.write_json(path, {"steps": 2, "test_metrics": {"accuracy": 0.5}})
+    assert json.loads(path.read_text()) == {"steps": 2, "test_metrics": {"accuracy": 0.5}}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the process is stopped or the disk fails mid-write, the previous artifact must survive unchanged."""
+    path = tmp_path / "config.yaml"
+    artifacts.write_text(path, "seconds: 10\n")
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        artifacts.write_text(path, "seconds: 20\n")
+    assert path.read_text() == "seconds: 10\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    """Checkpoints hold tensors, numbers, strings and plain containers only, so ``weights_only=True`` can read them."""
+    model = torch.nn.Linear(3, 2)
+    state = {"model": model.state_dict(), "steps": 7, "rng": {"torch": torch.get_rng_state()}, "config": {"lr": 0.1}}
+    artifacts.save_torch(tmp_path / "checkpoint.pt", state)
+    loaded = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert loaded["steps"] == 7 and loaded["config"] == {"lr": 0.1}
+    assert torch.equal(loaded["model"]["weight"], model.weight.detach())
+    assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
+
+
+def test_metrics_log_appends_whole_lines_in_batches(tmp_path: Path) -> None:
+    """Records reach the file a batch at a time (no file I/O per step) and every line is one JSON record."""
+    path = tmp_path / "metrics.jsonl"
+    log = artifacts.MetricsLog(path, buffer_lines=3)
+    assert path.read_text() == ""
+    log.write({"step": 1})
+    log.write({"step": 2})
+    assert path.read_text() == ""
+    log.write({"step": 3})
+    log.write({"step": 4})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"step": 1}, {"step": 2}, {"step": 3}]
+    log.flush()
+    log.flush()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_artifacts_get_the_mode_of_a_plain_file(tmp_path: Path) -> None:
+    """The temporary file must not leave run outputs readable by their owner only (teammates, CI uploads)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    artifacts.write_text(tmp_path / "config.yaml", "x")
+    artifacts.save_torch(tmp_path / "checkpoint.pt", {"steps": 1})
+    expected = plain.stat().st_mode
+    assert [(tmp_path / name).stat().st_mode for name in ("config.yaml", "checkpoint.pt")] == [expected, expected]

@@ -1,0 +1,54 @@
+"""Epoch order: a seeded shuffle, restricted to a strategy's subset, cut into batches."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from timebudget import sampler
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_order_is_a_seeded_permutation() -> None:
+    """Every sample once per epoch; the same seed gives the same order, the next epoch a different one."""
+    gen = generator()
+    first, second = sampler.epoch_order(50, gen), sampler.epoch_order(50, gen)
+    assert sorted(first.tolist()) == list(range(50))
+    assert not torch.equal(first, second)
+    assert torch.equal(first, sampler.epoch_order(50, generator()))
+
+
+def test_mask_restricts_the_order_without_changing_the_shuffle() -> None:
+    """The subset keeps the full shuffle's relative order, so the seed's permutation does not depend on what a
+    strategy keeps."""
+    mask = torch.arange(40) % 3 == 0
+    full = sampler.epoch_order(40, generator(7))
+    subset = sampler.epoch_order(40, generator(7), mask)
+    assert subset.tolist() == [i for i in full.tolist() if mask[i]]
+
+
+@pytest.mark.parametrize("mask", [torch.ones(9, dtype=torch.bool), torch.ones(10, dtype=torch.int64)])
+def test_mask_must_be_bool_over_all_samples(mask: torch.Tensor) -> None:
+    """An index list or a short mask would silently select the wrong samples."""
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(10,\)"):
+        sampler.epoch_order(10, generator(), mask)
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"),
+    [
+        (10, 4, [4, 4, 2]),  # a trailing half batch is kept
+        (9, 4, [4, 4]),  # a trailing quarter batch is dropped
+        (3, 4, [3]),  # a single short batch is all there is: kept
+        (6, 3, [3, 3]),
+        (5, 1, [1] * 5),  # batches of one are full batches, none is dropped
+        (7, 2, [2, 2, 2]),  # a trailing single sample would break BatchNorm
+    ],
+)
+def test_batches_drop_only_a_small_trailing_batch(n: int, batch_size: int, sizes: list[int]) -> None:
+    order = torch.randperm(n, generator=generator())
+    chunks = sampler.batches(order, batch_size)
+    assert [len(c) for c in chunks] == sizes
+    assert torch.equal(torch.cat(chunks), order[: sum(sizes)])

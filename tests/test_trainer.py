@@ -1,0 +1,260 @@
+"""``train(config)`` in this process, with budgets of a few seconds that count from the call.
+
+Each run is shared by the tests that read it. Timing bounds are loose on purpose: the benchmark measures how close
+to the deadline runs end; here only a gross overshoot, or a run that gave up half its budget, fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from timebudget import config as config_module
+from timebudget import models
+from timebudget.config import Config
+from timebudget.errors import BudgetTooSmall
+from timebudget.trainer import TrainResult, per_sample_loss, train
+
+from conftest import check_summary, load_checkpoint, step_records
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Train on one thread: these tiny models are fastest that way, and on a machine shared with other processes two
+    OpenMP threads can stall each other for a third of a second per step, leaving a run of a few seconds no steps."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """Synthetic 10-class images with an MLP (quick steps on a CPU) and an evaluation every 0.5 s."""
+    out = tmp_path_factory.mktemp("image") / "run"
+    return train(Config(seconds=5.0, data="synthetic", model="mlp", eval_every=0.5, log_every=1, out=str(out),
+                        quiet=True))
+
+
+@pytest.fixture(scope="module")
+def regression_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Targets around 100 with a spread of ~20, of which noise of std 5 cannot be learnt: a model's MAE in the
+    data's own units lies between ~4 (the noise) and ~16 (predicting the mean)."""
+    g = np.random.default_rng(3)
+    w = g.normal(size=8)
+    w /= np.linalg.norm(w)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = g.normal(size=(n, 8)).astype(np.float32)
+        return x, (100.0 + 20.0 * x @ w + g.normal(scale=5.0, size=n)).astype(np.float32)
+
+    (x_train, y_train), (x_test, y_test) = split(1000), split(250)
+    path = tmp_path_factory.mktemp("npz") / "regression.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture(scope="module")
+def regression_run(regression_npz: Path) -> TrainResult:
+    return train(Config(seconds=4.0, data=str(regression_npz), out=str(regression_npz.parent / "run"), quiet=True))
+
+
+def test_summary_is_complete_and_the_run_used_its_budget(image_run: TrainResult) -> None:
+    summary = check_summary(image_run.out_dir, 5.0)
+    assert summary == json.loads(json.dumps(image_run.summary))
+    assert set(summary["test_metrics"]) == {"accuracy"}
+
+
+def test_model_learns_well_above_chance(image_run: TrainResult) -> None:
+    """Ten classes: chance is 0.1; the prototypes are easy to tell apart once anything is learnt."""
+    assert image_run.summary["test_metrics"]["accuracy"] > 0.5
+
+
+def test_metrics_log_records_steps_and_periodic_evaluations(image_run: TrainResult) -> None:
+    """A line per step (``log_every=1``) with a finite loss and, with ``eval_every``, evaluations inside the budget;
+    the linear schedule has almost reached zero at the last step."""
+    steps = step_records(image_run.out_dir, image_run.summary)
+    assert len(steps) >= 2 and all(math.isfinite(r["loss"]) for r in steps)
+    assert 0.0 <= steps[-1]["lr"] < 0.25 * image_run.config.lr
+    records = [json.loads(line) for line in (image_run.out_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert evals and all(0.0 <= r["accuracy"] <= 1.0 and r["time"] < image_run.summary["elapsed_s"] for r in evals)
+
+
+def test_checkpoint_restores_the_trained_weights(image_run: TrainResult) -> None:
+    """Loaded into a freshly built model of the same kind, the checkpoint gives back the trained weights."""
+    checkpoint = load_checkpoint(image_run.out_dir, image_run.summary)
+    fresh = models.build("mlp", (3, 16, 16), 10, "image")
+    fresh.load_state_dict(checkpoint["model"])
+    trained = image_run.model.state_dict()
+    assert all(torch.equal(tensor, trained[name].cpu()) for name, tensor in fresh.state_dict().items())
+    assert checkpoint["optimizer"]["param_groups"] and checkpoint["rng"]["torch"].dtype == torch.uint8
+
+
+def test_config_yaml_is_the_resolved_config(image_run: TrainResult) -> None:
+    """The saved config reads back as a valid Config with every data-dependent default filled in."""
+    saved = config_module.apply(yaml.safe_load((image_run.out_dir / "config.yaml").read_text())).validate()
+    assert dataclasses.asdict(saved) == dataclasses.asdict(image_run.config)
+    assert None not in (saved.optimizer, saved.batch_size, saved.lr, saved.weight_decay)
+    assert (saved.seconds, saved.out) == (5.0, str(image_run.out_dir))
+
+
+def test_regression_reports_mae_and_rmse_in_the_data_units(regression_run: TrainResult) -> None:
+    """Float targets train as regression; errors are reported in the targets' own units (so above the noise floor
+    of ~4) and beat predicting the mean (~16) by far."""
+    summary = check_summary(regression_run.out_dir, 4.0)
+    assert summary["task"] == "regression"
+    assert set(summary["test_metrics"]) == {"mae", "rmse"}
+    assert 3.0 < summary["test_metrics"]["mae"] < 8.0
+    assert summary["test_metrics"]["rmse"] >= summary["test_metrics"]["mae"]
+
+
+USER_CODE = """
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    class Probe(nn.Module):
+        def __init__(self, input_shape, num_outputs):
+            super().__init__()
+            self.input_shape, self.num_outputs = input_shape, num_outputs
+            self.layer = nn.Linear(input_shape[0], num_outputs)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    def make_model(input_shape, num_outputs):
+        return Probe(input_shape, num_outputs)
+
+    def blobs(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(n) % 3
+        return TensorDataset(torch.randn(n, 4, generator=g) + 3 * nn.functional.one_hot(y, 4).float(), y)
+
+    def make_data():
+        return blobs(600, 0), blobs(150, 1)
+"""
+
+
+def test_user_data_and_model_train_into_a_default_run_folder(user_module: Callable[[str, str], ModuleType]) -> None:
+    """``module:function`` data and model from the current directory: the model gets the sample shape and class
+    count, learns the separable blobs, and without ``out`` the run lands in a new folder under ``runs/``."""
+    module = user_module("user_code", USER_CODE)
+    result = train(Config(seconds=3.0, data="user_code:make_data", model="user_code:make_model", lr=0.05, quiet=True))
+    assert isinstance(result.model, module.Probe)
+    assert (result.model.input_shape, result.model.num_outputs) == ((4,), 3)
+    assert result.out_dir.parent == Path("runs")
+    assert check_summary(result.out_dir, 3.0)["test_metrics"]["accuracy"] > 0.8
+
+
+TIMED_MODEL = """
+    import math
+    from torch import nn
+
+    class ComputeTime:
+        '''A clock that moves only while the model computes: a fixed cost per sample, three times as much in training
+        (forward and backward) as in evaluation, ``factor`` times more from ``slow_from`` on (a competing process).'''
+
+        def __init__(self):
+            self.t, self.factor, self.slow_from = 0.0, 1.0, math.inf
+
+        def __call__(self):
+            return self.t
+
+        def spend(self, samples, training):
+            slow = self.factor if self.t >= self.slow_from else 1.0
+            self.t += 1e-4 * samples * (3 if training else 1) * slow
+
+    clock = ComputeTime()
+
+    class Timed(nn.Module):
+        def __init__(self, input_shape, num_outputs):
+            super().__init__()
+            self.layer = nn.Linear(math.prod(input_shape), num_outputs)
+
+        def forward(self, x):
+            clock.spend(len(x), self.training)
+            return self.layer(x.flatten(1))
+
+    def make(input_shape, num_outputs):
+        return Timed(input_shape, num_outputs)
+"""
+
+
+@pytest.mark.parametrize(
+    ("slow_from", "factor"),
+    [
+        pytest.param(math.inf, 1.0, id="steady"),
+        pytest.param(1.0, 3.0, id="3x-from-half-way"),
+        pytest.param(
+            0.5,
+            10.0,
+            id="10x-from-a-quarter",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="trainer.py: when the load changes, _TailProbe.retime runs three one-batch evaluations "
+                "without checking that they fit before the window's end; here they cost 0.77 s, start at 1.28 s of a "
+                "2 s budget, and the run ends at 2.75 s",
+            ),
+        ),
+    ],
+)
+def test_whole_run_ends_by_the_deadline_on_compute_time(
+    user_module: Callable[[str, str], ModuleType], tmp_path: Path, slow_from: float, factor: float
+) -> None:
+    """The trainer's own decisions, exactly: time passes only while its model computes, so calibration, steps, the
+    tail and any re-timing cost what they compute, with no real clock involved. Whether the machine stays quiet or
+    gets slower mid-run, the summary is written by the deadline, and most of the budget is used for training."""
+    module = user_module("timed_model", TIMED_MODEL)
+    module.clock.factor, module.clock.slow_from = factor, slow_from
+    result = train(Config(seconds=2.0, data="synthetic", model="timed_model:make", out=str(tmp_path / "run"),
+                          quiet=True), now=module.clock)
+    assert 0.8 * 2.0 <= result.summary["elapsed_s"] <= 2.0
+
+
+@pytest.mark.parametrize(
+    ("task", "loss", "out", "y", "expected"),
+    [
+        ("classification", "cross_entropy", [[2.0, 0.0], [0.0, 0.0]], [0, 1], [math.log1p(math.exp(-2)), math.log(2)]),
+        ("regression", "mse", [[1.0], [3.0]], [0.0, 1.0], [1.0, 4.0]),
+        ("regression", "l1", [[1.0, 2.0], [3.0, 3.0]], [[0.0, 0.0], [1.0, 1.0]], [1.5, 2.0]),
+    ],
+)
+def test_losses_are_per_sample(task: str, loss: str, out: list[Any], y: list[Any], expected: list[float]) -> None:
+    """The next issue ranks samples by their loss, so each loss has one value per sample, never a batch mean."""
+    loss_fn = per_sample_loss(Config(seconds=1, loss=loss), task)
+    target = torch.tensor(y) if task == "classification" else torch.tensor(y, dtype=torch.float32)
+    assert loss_fn(torch.tensor(out), target).tolist() == pytest.approx(expected)
+
+
+def test_too_small_a_budget_names_the_minimum_and_writes_nothing(tmp_path: Path) -> None:
+    """Calibration (timed with a clock that spends a second per reading) shows the budget cannot fit start-up, a
+    step and the tail: refused before training, with the minimum in seconds, and no run folder."""
+    ticks = iter(range(10**6))
+    out = tmp_path / "run"
+    with pytest.raises(BudgetTooSmall) as info:
+        train(Config(seconds=5.0, out=str(out), quiet=True), now=lambda: float(next(ticks)))
+    minimum = re.search(r"minimum .* about (\d+) s", str(info.value))
+    assert minimum and int(minimum.group(1)) > 5
+    assert not out.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trainer.py: when start-up alone exceeds the budget (e.g. `--seconds 1` from the CLI) the BudgetTooSmall "
+    "message only says how long start-up took, not the minimum budget in seconds",
+)
+def test_budget_spent_by_start_up_still_names_the_minimum(tmp_path: Path) -> None:
+    with pytest.raises(BudgetTooSmall, match=r"minimum .*\d+ s"):
+        train(Config(seconds=1.0, out=str(tmp_path / "run"), quiet=True), start=time.monotonic() - 2.0)
