@@ -40,11 +40,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("explain_runs")
     made = {}
     for name, spec, seconds, extra in (
-        ("digits", "digits", 5.0, {"save_checkpoints": 2}),
+        ("digits", "digits", 6.0, {"save_checkpoints": 2}),
         ("tabular", str(_npz(root / "tabular.npz", regression=False)), 3.0, {}),
         ("regression", str(_npz(root / "regression.npz", regression=True)), 3.0, {}),
     ):
         config = Config(seconds=seconds, data=spec, out=str(root / name), device="cpu", quiet=True, **extra)
+        data.load(spec)  # import scikit-learn before the budget starts: the run should spend it on training
         try:
             made[name] = train(config).out_dir
         except BudgetTooSmall:  # first-time imports (scikit-learn, torch._dynamo) ate the budget; now they are done
@@ -243,8 +244,10 @@ def _edit_checkpoint(run: Path, edit: str) -> None:
     key = next(k for k in ckpt["model"] if k.endswith("weight"))
     if edit == "missing":
         del ckpt["model"][key]
-    else:
+    elif edit == "reshaped":
         ckpt["model"][key] = torch.zeros(2, 2)
+    else:
+        ckpt["data"]["num_outputs"] = 7
     torch.save(ckpt, run / "checkpoint.pt")
 
 
@@ -253,6 +256,7 @@ def _edit_checkpoint(run: Path, edit: str) -> None:
     [
         ("missing", "does not match model 'mlp' of config.yaml: missing keys 1.weight"),
         ("reshaped", "shapes (checkpoint vs model) 1.weight (2, 2) vs (256, 5)"),
+        ("other_data", "was trained on other data than"),
         ("garbage", "is not a readable checkpoint"),
         ("no_config", "is not a timebudget run folder: it has no config.yaml"),
         ("short_scores", "scores 3 samples but the training set has 300"),
@@ -260,7 +264,7 @@ def _edit_checkpoint(run: Path, edit: str) -> None:
 )
 def test_damaged_run_folder(runs: dict[str, Path], tmp_path: Path, damage: str, message: str) -> None:
     run = _copy(runs["tabular"], tmp_path)
-    if damage in ("missing", "reshaped"):
+    if damage in ("missing", "reshaped", "other_data"):
         _edit_checkpoint(run, damage)
     elif damage == "garbage":
         (run / "checkpoint.pt").write_bytes(b"not a checkpoint")

@@ -133,13 +133,17 @@ def load_run(run_dir: str | Path, device: torch.device) -> Run:
     if changed:
         raise TimebudgetError(f"{path / 'checkpoint.pt'} was trained on other data than {config.data!r} gives now "
                               f"(checkpoint vs data): {'; '.join(changed)}")
-    spec = config.model or ("cnn" if bundle.kind == "image" else "mlp")
     model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
-    check_state(model, ckpt["model"], path / "checkpoint.pt", spec)
+    check_state(model, ckpt["model"], path / "checkpoint.pt", model_name(config, bundle))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     scores, note = _read_scores(path / "scores.pt", len(bundle.train))
     return Run(path, config, bundle, model, device, scores, note)
+
+
+def model_name(config: Config, bundle: data.DataBundle) -> str:
+    """The model spec as config.yaml gives it, or the default that ``models.build`` chose for the data kind."""
+    return config.model or ("cnn" if bundle.kind == "image" else "mlp")
 
 
 def _as_list(value: Any) -> Any:

@@ -19,7 +19,7 @@ from torch.utils.data.dataloader import default_collate
 
 from .config import Config
 from .errors import TimebudgetError
-from .explain import Run, check_state, json_number, read_checkpoint
+from .explain import Run, check_state, json_number, model_name, read_checkpoint
 
 
 def checkpoint_files(run_dir: Path) -> tuple[list[Path], str | None]:
@@ -66,7 +66,7 @@ def self_influence(
 
     def load(target: nn.Module, path: str) -> float:
         ckpt = read_checkpoint(Path(path))
-        check_state(target, ckpt["model"], Path(path), run.config.model or "the run's model")
+        check_state(target, ckpt["model"], Path(path), model_name(run.config, run.bundle))
         target.load_state_dict(ckpt["model"])
         lr = float(ckpt["optimizer"]["param_groups"][0]["lr"]) if len(paths) > 1 else 1.0
         weights[Path(path).name] = lr
