@@ -11,7 +11,7 @@ Part 2 times one epoch plan (ranking plus subset building) of each selection str
 
     python benchmarks/throughput.py                 # CPU cases, 15 s per run, 2 rounds
     python benchmarks/throughput.py --quick         # smoke run
-    python benchmarks/throughput.py --device cuda   # adds the CUDA cases (fast config, resnet18 in bf16)
+    python benchmarks/throughput.py --devices cuda  # the CUDA cases only (airnet and resnet18 in bf16)
 """
 from __future__ import annotations
 
@@ -85,9 +85,9 @@ def cifar_shaped(path: Path, n: int = 5000) -> str:
 def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
     cifar = cifar_shaped(tmp / "cifar_shaped.npz")
     cases = [("digits", "digits", "cnn", "fp32", "cpu"), ("cifar-shaped", cifar, "cnn", "fp32", "cpu"),
-             ("cifar-shaped", cifar, "resnet18", "fp32", "cpu")]
-    if args.device == "cuda":
-        cases += [("cifar-shaped", cifar, "airnet", "bf16", "cuda"), ("cifar-shaped", cifar, "resnet18", "bf16", "cuda")]
+             ("cifar-shaped", cifar, "resnet18", "fp32", "cpu"), ("cifar-shaped", cifar, "airnet", "bf16", "cuda"),
+             ("cifar-shaped", cifar, "resnet18", "bf16", "cuda")]
+    cases = [case for case in cases if case[4] in args.devices]
     print(f"\n{'data':<14}{'model':<10}{'device':<7}{'prec':<6}{'plain/s':>10}{'full/s':>10}{'ratio':>7}"
           f"{'selective/s':>13}{'ratio':>7}{'incl. scoring':>15}")
     for label, spec, model_name, precision, device_name in cases:
@@ -148,7 +148,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="training seconds per run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per case (median reported)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
+                        default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
+                        help="which cases to run (default: CPU, and CUDA when available)")
     parser.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="N for the ranking costs")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 s runs, 1 round, N up to 1e5")
     args = parser.parse_args()
@@ -156,11 +158,12 @@ def main() -> None:
         args.seconds, args.rounds, args.sizes = 4.0, 1, "1e4,1e5"
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+          f"torch {torch.__version__}, devices {' '.join(args.devices)}"
+          + (f" ({torch.cuda.get_device_name()})" if "cuda" in args.devices else ""))
     with tempfile.TemporaryDirectory() as tmp:
         throughput_cases(args, Path(tmp))
-    ranking_costs([int(float(s)) for s in args.sizes.split(",")], torch.device(args.device))
+    for device in args.devices:
+        ranking_costs([int(float(s)) for s in args.sizes.split(",")], torch.device(device))
 
 
 if __name__ == "__main__":

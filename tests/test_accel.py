@@ -81,7 +81,7 @@ def test_cuda_is_refused_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bf16")
 def test_bf16_channels_last_run_on_cpu_learns(tmp_path) -> None:
-    s = train(Config(seconds=6, precision="bf16", channels_last=True, quiet=True, out=str(tmp_path / "r"))).summary
+    s = train(Config(seconds=15, precision="bf16", channels_last=True, quiet=True, out=str(tmp_path / "r"))).summary
     assert s["precision"] == "bf16"
     assert s["test_metrics"]["accuracy"] > 0.5
 

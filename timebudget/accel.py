@@ -29,8 +29,6 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick the fastest kernels once
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     return device
 
 

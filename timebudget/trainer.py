@@ -180,8 +180,6 @@ def train(
     """
     config = config.validate()
     clock = BudgetClock(config.seconds, start=start, now=now, margin_s=config.margin)
-    if clock.remaining() <= 0:
-        raise BudgetTooSmall(f"--seconds {config.seconds:g} was used up by start-up alone ({clock.elapsed():.2f} s)")
     if config.out and (Path(config.out) / "summary.json").exists():
         raise TimebudgetError(f"--out {config.out!r} already holds a finished run (summary.json); choose a new folder")
     torch.manual_seed(config.seed)
@@ -276,6 +274,7 @@ def train(
     optimizer.state.clear()
     test_chunks = math.ceil(len(test_batches) / eval_batch)
     probe_batches = min(test_chunks, 3)
+    test_metrics(max_batches=1)  # warm: the first evaluation pays for allocations and kernel selection
     t0 = now()
     test_metrics(max_batches=probe_batches)
     eval_s = (now() - t0) * test_chunks / probe_batches
@@ -364,10 +363,14 @@ def train(
             if clock.step_done():
                 stop = True
                 break
-            if tail_probe.load_changed(clock.slowdown()):
-                resume = clock.pause()
-                clock.measure_tail((eval_s + save_s) * tail_probe.retime(clock.slowdown()) + 0.01)
-                resume()
+            if tail_probe.load_changed(slowdown := clock.slowdown()):
+                if clock.now() + tail_probe.cost(slowdown) < clock.window_end - clock.step_estimate():
+                    resume = clock.pause()
+                    scale = tail_probe.retime(slowdown)
+                    resume()
+                else:
+                    scale = tail_probe.assume(slowdown)
+                clock.measure_tail((eval_s + save_s) * scale + 0.01)
             if p >= next_checkpoint:
                 resume = clock.pause()
                 artifacts.save_torch(checkpoint_dir / f"step_{steps:08d}.pt", checkpoint(steps, epochs, samples))
@@ -439,7 +442,8 @@ class _TailProbe:
     A one-batch evaluation is timed at calibration (median of three); when the steps' slowdown moves by more than ``hysteresis``
     since the last probe, the same batch is timed again and the tail estimate is scaled by the evaluation's own
     slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far more from
-    competing threads than the evaluation does.
+    competing threads than the evaluation does. When the probe itself would not fit before the tail, the steps'
+    slowdown is assumed instead (cautious: the run ends early rather than late).
     """
 
     def __init__(self, probe: Callable[[], object], now: Callable[[], float], hysteresis: float = 1.5) -> None:
@@ -459,10 +463,19 @@ class _TailProbe:
         ratio = slowdown / self.at_slowdown
         return ratio > self.hysteresis or ratio < 1 / self.hysteresis
 
+    def cost(self, slowdown: float) -> float:
+        """The predicted cost of :meth:`retime` under this slowdown."""
+        return 3 * self.reference * max(1.0, slowdown)
+
     def retime(self, slowdown: float) -> float:
         """Time the probe again; return the evaluation's slowdown relative to calibration (at least 1)."""
         self.at_slowdown = slowdown
         return max(1.0, self._time() / self.reference)
+
+    def assume(self, slowdown: float) -> float:
+        """No time left to re-time: assume the tail slows down as much as the steps did (cautious)."""
+        self.at_slowdown = slowdown
+        return max(1.0, slowdown)
 
 
 @torch.no_grad()
