@@ -1,4 +1,4 @@
-"""What every selection strategy receives and returns, once per epoch."""
+"""What every selection strategy receives and returns, once per epoch, and the rules the score-based ones share."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +10,13 @@ from ..scores import ScoreTable
 
 if TYPE_CHECKING:
     from ..config import Config
+
+# The budget-sized subset (see :func:`budget_fraction`): the rest of the selection phase should train the subset at
+# least this many times over, so it is re-ranked at least this often before the final full-data phase ...
+RERANKS = 4
+# ... and never shrinks below this share of the data, which bounds the importance weights (a quarter trained worse
+# than a half on the development seeds) and keeps every epoch long enough that planning stays a small part of it.
+MIN_FRACTION = 0.5
 
 
 @dataclass
@@ -51,6 +58,8 @@ class Strategy:
     Every strategy is built as ``cls(config, task)`` from the run's :class:`~timebudget.config.Config` (its knobs:
     ``keep_fraction``, ``select_warmup``, ``anneal``, ``filter_noisy``) and the task ("classification" or
     "regression"), and may raise :class:`~timebudget.errors.TimebudgetError` for settings it cannot honour.
+
+    Masks are returned on the CPU (the trainer applies them to the CPU shuffle); weights stay on the scores' device.
     """
 
     name = "base"
@@ -61,3 +70,68 @@ class Strategy:
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
         raise NotImplementedError
+
+
+class ScoredStrategy(Strategy):
+    """A strategy that ranks samples by their scores, in three phases over the budget.
+
+    ``warmup``: full data until ``warmup`` of the window is used and at least one epoch is done, so scores exist;
+    ``select``: the subclass's :meth:`select`; ``anneal``: full data in the last ``config.anneal`` of the window, so
+    the subset's bias is washed out while the learning rate decays to zero. A sample without a score is never left
+    out: subclasses rank with :meth:`ranked`.
+    """
+
+    def __init__(self, config: "Config", task: str) -> None:
+        super().__init__(config, task)
+        self.warmup = config.select_warmup
+
+    def plan(self, ctx: EpochContext) -> EpochPlan:
+        if ctx.progress >= 1.0 - self.config.anneal:
+            return EpochPlan(phase="anneal")
+        if ctx.epoch == 0 or ctx.progress < self.warmup:
+            return EpochPlan(phase="warmup")
+        return self.select(ctx)
+
+    def select(self, ctx: EpochContext) -> EpochPlan:
+        raise NotImplementedError
+
+    def size(self, ctx: EpochContext) -> int:
+        """Samples to keep: ``keep_fraction`` of the data when set, else the budget-sized share."""
+        fraction = self.config.keep_fraction or budget_fraction(ctx, self.config.anneal)
+        return max(1, round(fraction * ctx.scores.n))
+
+    @staticmethod
+    def ranked(ctx: EpochContext, score: torch.Tensor, k: int, high_first: bool = True) -> torch.Tensor:
+        """Bool mask of the ``k`` samples ranked first by ``score``, plus every sample that has no score yet."""
+        unseen = ~ctx.scores.seen
+        key = (score if high_first else -score).masked_fill(unseen, float("inf"))
+        return top_mask(key, max(k, int(unseen.sum())))
+
+
+def budget_fraction(ctx: EpochContext, anneal: float) -> float:
+    """The budget-sized keep fraction: as many samples as the rest of the selection phase can train ``RERANKS``
+    times over, between ``MIN_FRACTION`` and all of them.
+
+    ``ctx.affordable`` samples fit in the rest of the window; the part before the final ``anneal`` phase is
+    ``(1 - anneal - progress) / (1 - progress)`` of it. A short budget thus gets a small subset of the most
+    informative samples, re-ranked several times while they are still being learnt; a long one keeps (nearly) all
+    data, where uniform training is hard to beat. Before throughput is measured the answer is all data.
+    """
+    if ctx.affordable is None or ctx.progress >= 1.0:
+        return 1.0
+    selection_share = max(0.0, 1.0 - anneal - ctx.progress) / (1.0 - ctx.progress)
+    fraction = ctx.affordable * selection_share / (RERANKS * ctx.scores.n)
+    return min(1.0, max(MIN_FRACTION, fraction))
+
+
+def uniform(ctx: EpochContext) -> torch.Tensor:
+    """One uniform draw per sample from the run's order generator (a CPU generator whose state the checkpoint
+    saves, so subsets are reproducible and resumable), moved to the scores' device."""
+    return torch.rand(ctx.scores.n, generator=ctx.generator).to(ctx.scores.last.device, non_blocking=True)
+
+
+def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` highest entries of ``score`` (``torch.topk``: O(n log k), on the scores' device)."""
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    mask[torch.topk(score, k, sorted=False).indices] = True
+    return mask

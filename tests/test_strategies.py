@@ -1,0 +1,311 @@
+"""Selection strategies: hand-made score tables, the noisy-label filter, short end-to-end runs and bad input.
+
+The unit tests build :class:`EpochContext` objects by hand, so every decision is checked exactly and without timing.
+Only the end-to-end runs use real time; they check that what the summary reports is consistent, not accuracy.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from timebudget import data, sampler
+from timebudget.config import Config
+from timebudget.errors import TimebudgetError
+from timebudget.scores import ScoreTable
+from timebudget.strategies import STRATEGIES, EpochContext, EpochPlan, Strategy, build, noisy
+from timebudget.strategies.base import MIN_FRACTION, RERANKS, budget_fraction
+from timebudget.strategies.selective import REFRESH_SHARE, STALE_EPOCHS
+from timebudget.trainer import train
+
+from conftest import run_timebudget
+
+SCORED = ("infobatch", "hard", "curriculum", "selective")
+N = 20
+
+
+def table(losses: torch.Tensor, step: int = 0) -> ScoreTable:
+    """A score table whose last and average losses both equal ``losses`` (one measurement each)."""
+    scores = ScoreTable(len(losses))
+    scores.record(torch.arange(len(losses)), losses, step)
+    return scores
+
+
+def ranked_losses(n: int = N) -> torch.Tensor:
+    """Distinct losses in a scrambled order, so position and rank differ."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(1)).float() / n
+
+
+def context(scores: ScoreTable, progress: float = 0.5, epoch: int = 3, affordable: float | None = None,
+            seed: int = 0) -> EpochContext:
+    return EpochContext(epoch, progress, scores, torch.Generator().manual_seed(seed), affordable)
+
+
+def strategy(name: str, **fields: object) -> Strategy:
+    return build(Config(seconds=100, strategy=name, **fields), "classification")
+
+
+def check_mask(plan: EpochPlan, n: int) -> torch.Tensor:
+    """A plan's mask is a bool CPU tensor over all positions; returns the kept positions."""
+    assert plan.mask is not None
+    assert plan.mask.dtype == torch.bool and plan.mask.shape == (n,) and plan.mask.device.type == "cpu"
+    return plan.mask.nonzero().flatten()
+
+
+# --- hand-made score tables -----------------------------------------------------------------------------------------
+def test_registry_has_every_strategy() -> None:
+    assert set(STRATEGIES) == {"full", "random", "infobatch", "hard", "curriculum", "selective"}
+    assert build(Config(seconds=1), "classification").plan(context(table(ranked_losses()))) == EpochPlan()
+
+
+def test_hard_keeps_the_highest_scores() -> None:
+    losses = ranked_losses()
+    plan = strategy("hard", keep_fraction=0.25).plan(context(table(losses)))
+    kept = check_mask(plan, N)
+    assert set(kept.tolist()) == set(losses.topk(5).indices.tolist())
+    assert plan.weights is None and plan.phase == "select"
+
+
+def test_curriculum_grows_from_the_easiest_to_all() -> None:
+    losses = ranked_losses()
+    curriculum = strategy("curriculum", keep_fraction=0.25, select_warmup=0.1, anneal=0.1)
+    first = check_mask(curriculum.plan(context(table(losses), progress=0.1)), N)
+    assert set(first.tolist()) == set((-losses).topk(5).indices.tolist())
+    middle = check_mask(curriculum.plan(context(table(losses), progress=0.5)), N)
+    assert set(first.tolist()) < set(middle.tolist()) == set((-losses).topk(len(middle)).indices.tolist())
+    assert curriculum.plan(context(table(losses), progress=0.89)).mask is None  # grown to all data at 1 - anneal
+
+
+def test_infobatch_prunes_only_below_mean_and_reweights_the_kept_ones() -> None:
+    losses = ranked_losses()
+    below = losses < losses.mean()
+    counts = torch.zeros(N)
+    for seed in range(400):
+        plan = strategy("infobatch").plan(context(table(losses), seed=seed))
+        kept = plan.mask
+        assert kept is not None and plan.weights is not None
+        assert bool(kept[~below].all())  # every above-mean sample is kept, with weight 1
+        assert torch.equal(plan.weights[~below], torch.ones(int((~below).sum())))
+        assert torch.allclose(plan.weights[below & kept], torch.tensor(2.0))  # 1 / (1 - r), r = 0.5
+        counts += kept
+    assert counts[below].mean() / 400 == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("name", ["infobatch", "selective"])
+def test_weights_give_an_unbiased_expected_gradient(name: str) -> None:
+    """E[kept_i * w_i] = 1 for every sample, so an epoch's expected summed gradient is a full pass's."""
+    n, draws = 200, 3000
+    scores = table(torch.rand(n, generator=torch.Generator().manual_seed(2)))
+    chooser = strategy(name, keep_fraction=0.6)
+    grads = torch.randn(n, 3, generator=torch.Generator().manual_seed(3))
+    total = torch.zeros(n)
+    for seed in range(draws):
+        plan = chooser.plan(context(scores, seed=seed))
+        assert plan.mask is not None and plan.weights is not None
+        total += plan.mask * plan.weights
+    expected = total / draws
+    assert expected.sub(1).abs().max() < 0.15
+    assert torch.allclose(expected @ grads, grads.sum(0), atol=1.0)  # about 3 standard errors
+
+
+def test_selective_keeps_the_top_for_certain_and_weights_the_draw_by_inverse_probability() -> None:
+    n = 100
+    losses = ranked_losses(n)
+    plan = strategy("selective", keep_fraction=0.4).plan(context(table(losses)))
+    kept = check_mask(plan, n)
+    top = set(losses.topk(20).indices.tolist())
+    assert len(kept) == 40 and top <= set(kept.tolist())
+    assert plan.weights is not None
+    drawn = sorted(set(kept.tolist()) - top)
+    assert torch.allclose(plan.weights[drawn], torch.tensor((n - 20) / 20))  # 1 / p, p = 20 drawn of 80
+    assert torch.equal(plan.weights[sorted(top)], torch.ones(20))
+
+
+def test_selective_refreshes_stale_scores_outside_the_subset() -> None:
+    n = 200
+    scores = table(torch.rand(n, generator=torch.Generator().manual_seed(4)), step=0)
+    recent = torch.arange(150)
+    chooser = strategy("selective", keep_fraction=0.5)
+    for epoch in range(STALE_EPOCHS):  # samples 150..199 are never measured again
+        scores.record(recent, torch.rand(150), step=10 * (epoch + 1))
+        plan = chooser.plan(context(scores, epoch=epoch + 1, seed=epoch))
+    assert plan.refresh is not None and plan.mask is not None
+    refresh = plan.refresh.tolist()
+    assert 0 < len(refresh) <= math.ceil(REFRESH_SHARE * int(plan.mask.sum()))
+    assert all(i >= 150 and not plan.mask[i] for i in refresh)
+
+
+@pytest.mark.parametrize("name", ["random", *SCORED])
+def test_subset_is_a_mask_over_the_shuffle(name: str) -> None:
+    """The order is the seed's shuffle restricted to the mask: no repeats, nothing outside the mask, same order."""
+    n = 100
+    plan = strategy(name, keep_fraction=0.5).plan(context(table(ranked_losses(n))))
+    kept = check_mask(plan, n)
+    order = sampler.epoch_order(n, torch.Generator().manual_seed(7), plan.mask)
+    shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(7))
+    assert len(order) == len(set(order.tolist())) == len(kept)
+    assert set(order.tolist()) == set(kept.tolist())
+    assert torch.equal(order, shuffle[plan.mask[shuffle]])
+
+
+@pytest.mark.parametrize("name", SCORED)
+def test_full_data_in_warmup_and_anneal(name: str) -> None:
+    scores = table(ranked_losses())
+    chooser = strategy(name, keep_fraction=0.5, select_warmup=0.2, anneal=0.125)
+    for ctx, phase in ((context(scores, epoch=0, progress=0.0), "warmup"),
+                       (context(scores, epoch=5, progress=0.9), "anneal")):
+        plan = chooser.plan(ctx)
+        assert plan.mask is None and plan.weights is None and plan.phase == phase
+    if name != "infobatch":  # InfoBatch prunes from the second epoch, as in the paper
+        assert chooser.plan(context(scores, epoch=2, progress=0.15)).mask is None
+
+
+@pytest.mark.parametrize("name", SCORED)
+def test_no_sample_is_pruned_before_it_has_a_score(name: str) -> None:
+    n = 100
+    scores = ScoreTable(n)
+    measured = torch.arange(0, n, 3)
+    scores.record(measured, torch.rand(len(measured)), 1)
+    unseen = ~scores.seen
+    for seed in range(20):
+        plan = strategy(name, keep_fraction=0.3).plan(context(scores, seed=seed))
+        assert plan.mask is None or bool(plan.mask[unseen].all())
+
+
+def test_random_covers_all_samples_before_repeating() -> None:
+    n, k = 100, 30
+    rs2 = strategy("random", keep_fraction=k / n)
+    scores = ScoreTable(n)  # RS2 never reads scores
+    counts = torch.zeros(n, dtype=torch.long)
+    for epoch in range(10):
+        kept = check_mask(rs2.plan(context(scores, epoch=epoch, seed=epoch)), n)
+        assert len(kept) == k
+        behind = counts == counts.min()  # not yet trained in the current cycle
+        if bool((~behind[kept]).any()):  # a repeat: only in the epoch that completes the cycle, taking all the rest
+            assert bool(torch.isin(behind.nonzero().flatten(), kept).all())
+        counts[kept] += 1
+        assert int(counts.max() - counts.min()) <= 1
+    assert int(counts.sum()) == 10 * k
+
+
+def test_budget_fraction_rule() -> None:
+    scores = ScoreTable(1000)
+    assert budget_fraction(context(scores, affordable=None), anneal=0.1) == 1.0
+    assert budget_fraction(context(scores, progress=0.2, affordable=1e6), anneal=0.1) == 1.0
+    assert budget_fraction(context(scores, progress=0.85, affordable=2000), anneal=0.1) == MIN_FRACTION
+    ctx = context(scores, progress=0.5, affordable=3000)  # the selection phase is 0.4 / 0.5 of the rest
+    assert budget_fraction(ctx, anneal=0.1) == pytest.approx(3000 * 0.8 / (RERANKS * 1000))
+    hard = strategy("hard").plan(context(table(ranked_losses(1000)), progress=0.85, affordable=2000))
+    assert len(check_mask(hard, 1000)) == round(MIN_FRACTION * 1000)
+
+
+# --- the noisy-label filter -----------------------------------------------------------------------------------------
+def test_gmm_filter_finds_planted_mislabelled_samples() -> None:
+    n = 2000
+    g = torch.Generator().manual_seed(5)
+    planted = torch.randperm(n, generator=g)[:200]
+    losses = torch.empty(n).exponential_(10.0, generator=g)  # learnt samples: small losses
+    losses[planted] = 2.5 + 0.5 * torch.randn(200, generator=g)  # mislabelled ones stay high
+    scores = ScoreTable(n)
+    for step in range(noisy.WARM_PASSES):
+        scores.record(torch.arange(n), losses, step)
+    filtered = strategy("full", filter_noisy=True)
+    first = filtered.plan(context(scores, progress=0.3))
+    assert first.mask is None  # one fit is not persistent enough
+    kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
+    left_out = set(range(n)) - kept
+    found = left_out & set(planted.tolist())
+    assert len(found) >= 0.95 * 200 and len(found) >= 0.9 * len(left_out)
+
+
+def test_filter_waits_for_the_warmup_passes() -> None:
+    n = 500
+    scores = table(torch.rand(n))
+    filtered = strategy("selective", filter_noisy=True)
+    for progress in (0.3, 0.5, 0.7):
+        filtered.plan(context(scores, progress=progress))
+    assert filtered.excluded is None  # one pass trained: no fit yet
+
+
+def test_filter_refuses_regression() -> None:
+    with pytest.raises(TimebudgetError, match="filter_noisy needs a classification task"):
+        build(Config(seconds=1, strategy="selective", filter_noisy=True), "regression")
+
+
+# --- end to end -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def warm() -> Iterator[None]:
+    """One torch thread (on a shared machine two OpenMP threads can stall each other for a third of a second per
+    step), and digits loaded once, so the first timed run does not pay the scikit-learn import inside its budget."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    data.load("digits")
+    yield
+    torch.set_num_threads(threads)
+
+
+def check_summary(summary: dict, out: Path) -> None:
+    n = summary["n_train"]
+    subsets = summary["epoch_subsets"]
+    assert len(subsets) == summary["epochs"]
+    assert all(0 < s["kept"] <= n and s["kept_fraction"] == pytest.approx(s["kept"] / n) for s in subsets)
+    assert summary["samples_skipped"] == sum(n - s["kept"] for s in subsets)
+    assert summary["samples_trained"] <= sum(s["kept"] for s in subsets)
+    assert 0 < summary["fraction_seen"] <= 1 and 0 <= summary["seconds_scoring"] < summary["budget_s"]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in logged if r["event"] == "epoch"]
+    assert [(r["epoch"], r["kept"]) for r in epochs] == [(s["epoch"], s["kept"]) for s in subsets]
+    assert json.loads((out / "summary.json").read_text())["samples_skipped"] == summary["samples_skipped"]
+
+
+@pytest.mark.parametrize("name,fields", [(name, {}) for name in STRATEGIES] + [("selective", {"filter_noisy": True})])
+def test_end_to_end_run(name: str, fields: dict, tmp_path: Path, warm: None) -> None:
+    result = train(Config(seconds=3, strategy=name, quiet=True, out=str(tmp_path / "run"), **fields))
+    summary = result.summary
+    assert summary["strategy"] == name
+    check_summary(summary, tmp_path / "run")
+    if name == "full":
+        assert summary["samples_skipped"] == 0
+
+
+def test_cli_run_with_selective(tmp_path: Path) -> None:
+    done = run_timebudget("train", "--seconds", "8", "--strategy", "selective", "--quiet", "--out", "r", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["strategy"] == "selective"
+    check_summary(summary, tmp_path / "r")
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+def test_unknown_strategy(cli_main) -> None:
+    with pytest.raises(TimebudgetError, match="unknown strategy 'fastest'; allowed: full, random"):
+        Config(seconds=1, strategy="fastest").validate()
+    cli_main("train", "--seconds", "100", "--strategy", "fastest").one_line_error("unknown strategy 'fastest'")
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.2, 1.5, float("nan")])
+def test_keep_fraction_outside_0_1(fraction: float, cli_main) -> None:
+    with pytest.raises(TimebudgetError, match="keep_fraction must be in"):
+        Config(seconds=1, keep_fraction=fraction).validate()
+    cli_main("train", "--seconds", "100", "--set", f"keep_fraction={fraction}").one_line_error("keep_fraction")
+
+
+def test_keep_fraction_one_keeps_everything() -> None:
+    Config(seconds=1, keep_fraction=1.0).validate()
+    for name in ("random", "hard", "selective"):
+        assert strategy(name, keep_fraction=1.0).plan(context(table(ranked_losses()))).mask is None
+
+
+def test_filter_on_regression_data_is_refused_before_training(tmp_path: Path) -> None:
+    g = np.random.default_rng(0)
+    path = tmp_path / "reg.npz"
+    np.savez(path, x_train=g.normal(size=(64, 4)).astype(np.float32), y_train=g.normal(size=64).astype(np.float32),
+             x_test=g.normal(size=(16, 4)).astype(np.float32), y_test=g.normal(size=16).astype(np.float32))
+    with pytest.raises(TimebudgetError, match="filter_noisy needs a classification task, this data is regression"):
+        train(Config(seconds=30, data=str(path), filter_noisy=True, quiet=True, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
