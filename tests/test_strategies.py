@@ -136,7 +136,7 @@ def test_selective_refreshes_stale_scores_outside_the_subset() -> None:
         plan = chooser.plan(context(scores, epoch=epoch + 1, seed=epoch))
     assert plan.refresh is not None and plan.mask is not None
     refresh = plan.refresh.tolist()
-    assert 0 < len(refresh) <= math.ceil(REFRESH_SHARE * int(plan.mask.sum()))
+    assert 0 < len(refresh) <= math.ceil(REFRESH_SHARE * STALE_EPOCHS * int(plan.mask.sum()))
     assert all(i >= 150 and not plan.mask[i] for i in refresh)
 
 
@@ -151,6 +151,16 @@ def test_subset_is_a_mask_over_the_shuffle(name: str) -> None:
     assert len(order) == len(set(order.tolist())) == len(kept)
     assert set(order.tolist()) == set(kept.tolist())
     assert torch.equal(order, shuffle[plan.mask[shuffle]])
+
+
+@pytest.mark.parametrize("name", ["random", *SCORED])
+def test_subsets_are_whole_batches(name: str) -> None:
+    """Every batch of a subset epoch has one shape (cuDNN autotuning and compiled models see no new sizes)."""
+    n = 1000
+    chooser = strategy(name, keep_fraction=0.3, batch_size=64)
+    for seed, progress in enumerate((0.2, 0.4, 0.6)):
+        kept = check_mask(chooser.plan(context(table(ranked_losses(n)), progress=progress, seed=seed)), n)
+        assert len(kept) % 64 == 0
 
 
 @pytest.mark.parametrize("name", SCORED)

@@ -71,6 +71,13 @@ class Strategy:
     def plan(self, ctx: EpochContext) -> EpochPlan:
         raise NotImplementedError
 
+    def whole_batches(self, k: float, n: int) -> int:
+        """``k`` rounded to whole batches (at least one), at most ``n``: then every batch of a subset epoch has the same
+        shape, which cuDNN's autotuner and compiled models need to stay fast (with a new trailing-batch size each
+        epoch, InfoBatch trained 7x fewer samples than ``full`` in a 4 s digits run on an H200)."""
+        batch = self.config.batch_size or 1
+        return min(n, max(batch, round(k / batch) * batch))
+
 
 class ScoredStrategy(Strategy):
     """A strategy that ranks samples by their scores, in three phases over the budget.
@@ -96,9 +103,9 @@ class ScoredStrategy(Strategy):
         raise NotImplementedError
 
     def size(self, ctx: EpochContext) -> int:
-        """Samples to keep: ``keep_fraction`` of the data when set, else the budget-sized share."""
+        """Samples to keep: ``keep_fraction`` of the data when set, else the budget-sized share, in whole batches."""
         fraction = self.config.keep_fraction or budget_fraction(ctx, self.config.anneal)
-        return max(1, round(fraction * ctx.scores.n))
+        return self.whole_batches(fraction * ctx.scores.n, ctx.scores.n)
 
     @staticmethod
     def ranked(ctx: EpochContext, score: torch.Tensor, k: int, high_first: bool = True) -> torch.Tensor:

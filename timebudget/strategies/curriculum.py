@@ -22,7 +22,7 @@ class Curriculum(ScoredStrategy):
         start = self.config.keep_fraction or DEFAULT_START
         span = max(1e-9, 1.0 - self.config.anneal - self.warmup)
         pace = min(1.0, max(0.0, (ctx.progress - self.warmup) / span))
-        k = max(1, round((start + (1.0 - start) * pace) * n))
+        k = self.whole_batches((start + (1.0 - start) * pace) * n, n)
         if k >= n:
             return EpochPlan(phase="select")
         return EpochPlan(mask=self.ranked(ctx, ctx.scores.average, k, high_first=False).cpu(), phase="select")

@@ -1,12 +1,14 @@
 """``infobatch``: InfoBatch (Qin et al., ICLR 2024), unbiased random pruning of well-learnt samples.
 
 What it does: the score is each sample's last training loss. Each epoch keeps every sample at or above the mean
-score and a random ``1 - r`` of those below it, and multiplies the loss of the kept below-mean samples by
-``1 / (1 - r)``, so each epoch's summed gradient is unbiased for a full pass's. The first epoch (no scores yet) and the
-last ``anneal`` fraction of the budget train on all data. When it helps: many epochs over data where most samples are
+score and a uniform random ``1 - r`` of those below it, and multiplies the loss of the kept below-mean samples by
+the inverse of their inclusion probability, ``1 / (1 - r)``, so each epoch's summed gradient is unbiased for a full
+pass's. The first epoch (no scores yet) and the last ``anneal`` fraction of the budget train on all data. Unlike the
+paper, the pruned count is exact rather than a coin flip per sample, and adjusted so the subset is whole batches
+(see :meth:`~timebudget.strategies.base.Strategy.whole_batches`), the weight using the realised share; and the
+full-data phase is placed by time, not by epoch count. When it helps: many epochs over data where most samples are
 learnt early; the realised saving depends on the loss distribution, not on ``r`` alone. Knobs: ``keep_fraction``
 (sets ``r = 1 - keep_fraction``; default ``r = 0.5``, the paper's), ``anneal`` (the paper's 12.5% by default).
-Unlike the paper's epoch count, the full-data phase is placed by time.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .base import EpochContext, EpochPlan, ScoredStrategy, uniform
+from .base import EpochContext, EpochPlan, ScoredStrategy, top_mask, uniform
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -31,9 +33,13 @@ class InfoBatch(ScoredStrategy):
         self.prune = 1.0 - config.keep_fraction if config.keep_fraction is not None else DEFAULT_PRUNE
 
     def select(self, ctx: EpochContext) -> EpochPlan:
-        last, seen = ctx.scores.last, ctx.scores.seen
+        last, seen, n = ctx.scores.last, ctx.scores.seen, ctx.scores.n
         mean = (last * seen).sum() / seen.sum().clamp_min(1)
         below = seen & (last < mean)
-        pruned = below & (uniform(ctx) < self.prune)
-        weights = torch.ones_like(last).masked_fill(below & ~pruned, 1.0 / (1.0 - self.prune))
+        candidates = int(below.sum())
+        drop = min(candidates - 1, n - self.whole_batches(n - self.prune * candidates, n))
+        if drop <= 0:
+            return EpochPlan(phase="select")
+        pruned = top_mask(uniform(ctx).masked_fill(~below, -1.0), drop)
+        weights = torch.ones_like(last).masked_fill(below & ~pruned, candidates / (candidates - drop))
         return EpochPlan(mask=(~pruned).cpu(), weights=weights, phase="select")

@@ -5,7 +5,7 @@ than ``k`` are left, the epoch takes all of them plus fresh ones and a new cycle
 once before any is repeated. It never looks at scores: a sample is deferred to a later epoch of the cycle, never
 judged. When it helps: the strongest simple baseline for data selection (Okanovic et al., RS2, ICLR 2024 beat some 30
 pruning methods on time-to-accuracy); over a run it is close to uniform training with more frequent epoch boundaries.
-Knobs: ``keep_fraction`` (subset size as a share of the data; default: budget-sized, see
+Knobs: ``keep_fraction`` (subset size as a share of the data, in whole batches; default: budget-sized, see
 :func:`~timebudget.strategies.base.budget_fraction`, with no final full-data phase, which RS2 does not have).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Random(Strategy):
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
         n = ctx.scores.n
-        k = max(1, round((self.config.keep_fraction or budget_fraction(ctx, anneal=0.0)) * n))
+        k = self.whole_batches((self.config.keep_fraction or budget_fraction(ctx, anneal=0.0)) * n, n)
         if self.used is None:
             self.used = torch.zeros(n, dtype=torch.bool, device=ctx.scores.last.device)
         fresh = ~self.used

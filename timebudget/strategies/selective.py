@@ -12,9 +12,11 @@ What it does, in phases over the budget:
    Horvitz-Thompson estimator), and an epoch of ``k`` samples does, in expectation, a full pass's work in ``k / n`` of
    its time; the mean weight over the kept samples is ``n / k``, as in InfoBatch. (Weights normalised to mean 1,
    which make each step unbiased for the mean gradient instead, trained no better than ``full`` on our benchmark's
-   development seeds: the gain of a subset is that it stands in for a full pass.) Samples left out whose scores are
-   stale (not measured in the last ``STALE_EPOCHS`` selection epochs) are re-measured, oldest first, by a
-   forward-only refresh of at most ``REFRESH_SHARE`` of ``k``, so a sample the model forgets can climb back.
+   development seeds: the gain of a subset is that it stands in for a full pass.) Every ``STALE_EPOCHS`` selection
+   epochs, samples left out whose scores are stale (not measured in those epochs) are re-measured, oldest first, by
+   a forward-only refresh of at most ``REFRESH_SHARE`` of the samples trained meanwhile, so a sample the model
+   forgets can climb back. One larger refresh rather than one per epoch, because on a GPU a small forward pass costs
+   about as much as a training step whatever its size.
 3. ``anneal``: full data for the last ``anneal`` of the window, while the learning rate decays to zero, which washes
    out the subset's variance and any bias of the refreshed scores.
 
@@ -36,8 +38,8 @@ if TYPE_CHECKING:
     from ..config import Config
 
 TOP_SHARE = 0.5  # half the subset is the top of the ranking, half a uniform draw of the rest
-REFRESH_SHARE = 0.02  # a forward costs about a third of a training step: under 1% of the epoch's time
-STALE_EPOCHS = 3  # a score not measured in this many epochs is stale
+REFRESH_SHARE = 0.02  # on a CPU a forward costs about a third of a training step: under 1% of the time
+STALE_EPOCHS = 3  # a score not measured in this many epochs is stale; refreshes come this many epochs apart
 
 
 class Selective(ScoredStrategy):
@@ -61,13 +63,16 @@ class Selective(ScoredStrategy):
         return EpochPlan(mask=mask.cpu(), weights=weights, phase="select", refresh=self.stale(ctx, mask, h + drawn))
 
     def stale(self, ctx: EpochContext, mask: torch.Tensor, kept: int) -> torch.Tensor | None:
-        """The oldest-scored samples outside ``mask`` not measured in the last ``STALE_EPOCHS`` epochs, at most
-        ``REFRESH_SHARE`` of ``kept``; ``None`` when there are none."""
+        """Every ``STALE_EPOCHS`` calls: the oldest-scored samples outside ``mask`` not measured in those epochs, at
+        most ``REFRESH_SHARE`` of the ``kept`` samples per epoch in between; ``None`` otherwise or when there are
+        none."""
         step = ctx.scores.step
         self.marks.append(step.max())
         if len(self.marks) < STALE_EPOCHS:
             return None
         age = (self.marks[0] - step).float().masked_fill(mask, -1.0)
-        oldest = torch.topk(age, min(math.ceil(REFRESH_SHARE * kept), ctx.scores.n - kept), sorted=False)
+        self.marks.clear()
+        count = min(math.ceil(REFRESH_SHARE * STALE_EPOCHS * kept), ctx.scores.n - kept)
+        oldest = torch.topk(age, count, sorted=False)
         index = oldest.indices[oldest.values > 0]
         return index.cpu() if len(index) else None
