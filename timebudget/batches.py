@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import data
 from .errors import TimebudgetError
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, dataset indices (on the CPU)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, dataset indices (on the device when resident)
 
 # Resident data may take at most this share of the device's free memory (the rest is for activations).
 _DEVICE_SHARE = 0.5
@@ -58,9 +58,11 @@ class Batches:
 
     def iterate(self, chunks: list[torch.Tensor]) -> Iterator[Batch]:
         if self.path == "resident":
-            for idx in chunks:
-                dev_idx = idx.to(self.device, non_blocking=True)
-                yield self.x[dev_idx], self.y[dev_idx], idx
+            # One host-to-device copy of the epoch's indices: a copy from pageable memory synchronises the stream,
+            # so one per step would stall an asynchronous device at every step.
+            flat = torch.cat(chunks).to(self.device) if chunks else torch.empty(0, dtype=torch.long)
+            for idx in flat.split([len(c) for c in chunks]):
+                yield self.x[idx], self.y[idx], idx
             return
         loader = DataLoader(
             _Indexed(self.dataset),
