@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from timebudget import cli, config, data, models
+from timebudget.errors import TimebudgetError
 
 from conftest import SLACK_S, CliResult, check_summary, load_checkpoint, run_timebudget, step_records
 
@@ -31,7 +32,8 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     text = capsys.readouterr().out
     flags = ("--seconds", "--config", "--set", "--data", "--data-dir", "--model", "--out", "--seed", "--device",
-             "--quiet", "--batch-size", "--lr", "--optimizer", "--weight-decay", "--schedule", "--warmup", "--strategy")
+             "--quiet", "--batch-size", "--lr", "--optimizer", "--weight-decay", "--schedule", "--warmup", "--strategy",
+             "--keep-fraction", "--filter-noisy", "--explain")
     assert [flag for flag in flags if flag not in text] == []
 
 
@@ -48,6 +50,18 @@ def test_settings_precedence_is_defaults_file_flags_then_set(tmp_path: Path) -> 
     from_flag = resolve("--config", str(path), "--lr", "0.2", "--data", "synthetic")
     assert (from_flag.lr, from_flag.batch_size, from_flag.schedule, from_flag.data) == (0.2, 32, "cosine", "synthetic")
     assert resolve("--config", str(path), "--lr", "0.2", "--set", "lr=0.1").lr == 0.1
+
+
+def test_selection_flags_set_their_config_fields() -> None:
+    def resolve(*extra: str) -> config.Config:
+        return cli.config_from_args(cli.build_parser().parse_args(["train", "--seconds", "9", *extra]))
+
+    plain = resolve()
+    assert (plain.filter_noisy, plain.keep_fraction) == (False, None)
+    chosen = resolve("--strategy", "selective", "--filter-noisy", "--keep-fraction", "0.4")
+    assert (chosen.strategy, chosen.filter_noisy, chosen.keep_fraction) == ("selective", True, 0.4)
+    with pytest.raises(TimebudgetError, match=r"keep_fraction must be in \(0, 1\]"):
+        resolve("--keep-fraction", "1.5")
 
 
 def write_bad_inputs(folder: Path) -> None:

@@ -34,7 +34,9 @@ _FLAG_KEYS = {
     "optimizer": "optimizer",
     "weight_decay": "weight_decay",
     "warmup": "warmup",
+    "keep_fraction": "keep_fraction",
 }
+_SWITCHES = ("quiet", "filter_noisy", "explain")  # store_true flags that set the config field of the same name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,17 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="digits (default), cifar10, cifar100, mnist, fashion-mnist, imagefolder, synthetic, "
                    "a path to an .npz (x_train, y_train, x_test, y_test), or module:function")
     t.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="folder of the data set (cifar, mnist, imagefolder)")
-    t.add_argument("--model", help="cnn (default for images), mlp (default for tabular), resnet18, or module:function")
+    t.add_argument("--model", help="cnn (default for images), mlp (default for tabular), resnet18, airnet, or "
+                   "module:function")
     t.add_argument("--out", metavar="DIR", help="run folder (default: a new folder under runs/)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", help="auto (default), cpu or cuda")
-    t.add_argument("--strategy", help="sample selection strategy (default full)")
+    t.add_argument("--strategy", help="sample selection: full (default), random, infobatch, hard, curriculum, selective")
     t.add_argument("--schedule", help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default from the data size)")
     t.add_argument("--lr", type=float, help="peak learning rate (default from optimizer and batch size)")
     t.add_argument("--optimizer", help="sgd (default for images) or adamw (default for tabular)")
     t.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay")
     t.add_argument("--warmup", type=float, help="warm-up as a fraction of the budget (default 0)")
+    t.add_argument("--keep-fraction", dest="keep_fraction", type=float,
+                   help="fixed share of the data a selection strategy keeps per epoch, in (0, 1] (default: budget-sized)")
+    t.add_argument("--filter-noisy", dest="filter_noisy", action="store_true",
+                   help="leave out probably mislabelled samples (GaussianMixture on losses; classification only)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no closing line")
     t.add_argument("--explain", action="store_true", help="after the deadline, run `timebudget explain` on the run "
                    "folder with its defaults; this runs outside the budget (same as --set explain=true)")
@@ -110,10 +117,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
-    if args.quiet:
-        overrides["quiet"] = True
-    if args.explain:
-        overrides["explain"] = True
+    for switch in _SWITCHES:
+        if getattr(args, switch):
+            overrides[switch] = True
     overrides["seconds"] = config_module.check_seconds(args.seconds)
     for item in args.set:
         key, value = config_module.parse_override(item)

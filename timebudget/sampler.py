@@ -18,11 +18,13 @@ def epoch_order(n: int, generator: torch.Generator, mask: torch.Tensor | None = 
     return order[mask[order]]
 
 
-def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+def batches(order: torch.Tensor, batch_size: int, drop_partial: bool = False) -> list[torch.Tensor]:
     """Split an order into batches; a trailing partial batch is kept only if it is at least half a batch (tiny
-    batches waste a step on little data and break BatchNorm at size 1). A full batch is never dropped, not even at
-    ``batch_size`` 1."""
+    batches waste a step on little data and break BatchNorm at size 1) and ``drop_partial`` is off (a compiled model
+    or cuDNN's autotuner pays again for every new batch shape). A full batch is never dropped, not even at
+    ``batch_size`` 1, and an order shorter than one batch is kept whole."""
     chunks = list(order.split(batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) < min(batch_size, max(2, batch_size // 2)):
+    smallest = batch_size if drop_partial else min(batch_size, max(2, batch_size // 2))
+    if len(chunks) > 1 and len(chunks[-1]) < smallest:
         chunks.pop()
     return chunks

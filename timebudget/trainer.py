@@ -208,6 +208,7 @@ def train(
     averaged: AveragedModel | None = None
     clock.sync = torch.cuda.synchronize if device.type == "cuda" else None
     clock.sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
+    drop_partial = config.compile or device.type == "cuda"  # one batch shape: no recompiles, no cuDNN re-tuning
 
     def step(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         if config.augment and x.ndim == 4:
@@ -330,7 +331,7 @@ def train(
         if plan.mask is not None and not bool(plan.mask.any()):
             raise RuntimeError(f"strategy {strategy.name!r} selected no samples in epoch {epochs}")
         order = sampler.epoch_order(n, order_gen, plan.mask)
-        chunks = sampler.batches(order, config.batch_size)
+        chunks = sampler.batches(order, config.batch_size, drop_partial)
         weights = plan.weights.to(device) if plan.weights is not None else None
         epoch_losses = torch.empty(len(order), device=device)
         seconds_scoring += now() - t0
