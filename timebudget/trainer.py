@@ -274,12 +274,12 @@ def train(
     model.load_state_dict(state)
     optimizer.state.clear()
     test_chunks = math.ceil(len(test_batches) / eval_batch)
-    probe_batches = min(test_chunks, 3)
+    probe_batches = min(test_chunks, 2)
     test_metrics(max_batches=1)  # warm: the first evaluation pays for allocations and kernel selection
     t0 = now()
     test_metrics(max_batches=probe_batches)
     eval_s = (now() - t0) * test_chunks / probe_batches
-    tail_probe = _TailProbe(lambda: evaluate(final_model(), test_batches, bundle, 256, max_batches=1), now)
+    tail_probe = _TailProbe(lambda: evaluate(final_model(), test_batches, bundle, 64, max_batches=1), now)
     t0 = now()
     blob = artifacts.serialize({"ckpt": checkpoint(0, 0, 0), "scores": scores.state_dict()})
     with tempfile.TemporaryFile() as fh:
