@@ -78,9 +78,10 @@ class BudgetClock:
         self.tail_s = max(0.0, float(seconds))
 
     def slowdown(self) -> float:
-        """How much slower the last few steps ran than the calibration step. When it changes a lot, the machine's
-        load changed and the trainer re-times the tail (steps and evaluation do not slow down by the same factor:
-        small steps suffer far more from competing threads, so the ratio is a trigger, not a scale)."""
+        """How much slower the last three steps ran (their median) than the calibration step. When it changes a lot,
+        the machine's load changed and the trainer re-times the tail (steps and evaluation do not slow down by the
+        same factor: small steps suffer far more from competing threads, so the ratio is a trigger, not a scale).
+        Three steps: a real change is seen after two steps, a single slow step is not taken for one."""
         if self.reference_step is None or not self.recent:
             return 1.0
         return self._latest / self.reference_step
@@ -129,7 +130,7 @@ class BudgetClock:
             self.recent.append(per_step)
         ordered = sorted(self.recent)
         self._median = statistics.median(ordered)
-        self._latest = statistics.median(list(self.recent)[-8:])
+        self._latest = statistics.median(list(self.recent)[-3:])
         p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         self._estimate = max(self._median, self.recent[-1], p90)
 
