@@ -16,7 +16,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize(("precision", "probe"), [("bf16", "_is_mkldnn_bf16_supported"),
                                                   ("fp16", "_is_mkldnn_fp16_supported")])
-def test_cpu_precision_follows_what_the_cpu_supports(monkeypatch: pytest.MonkeyPatch, precision: str, probe: str) -> None:
+def test_cpu_precision_follows_what_the_cpu_supports(
+    monkeypatch: pytest.MonkeyPatch, precision: str, probe: str
+) -> None:
     monkeypatch.setattr(torch.ops.mkldnn, probe, lambda: False)
     with pytest.raises(TimebudgetError, match=f"precision {precision} is not supported"):
         accel.check_precision(precision, CPU)

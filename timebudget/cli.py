@@ -60,21 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config field, repeatable (e.g. --set lr=0.05 --set warmup=0.02)")
     t.add_argument("--data", help="digits (default), cifar10, cifar100, mnist, fashion-mnist, imagefolder, synthetic, "
                    "a path to an .npz (x_train, y_train, x_test, y_test), or module:function")
-    t.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="folder of the data set (cifar, mnist, imagefolder)")
+    t.add_argument("--data-dir", dest="data_dir", metavar="DIR",
+                   help="folder of the data set (cifar, mnist, imagefolder)")
     t.add_argument("--model", help="cnn (default for images), mlp (default for tabular), resnet18, airnet, or "
                    "module:function")
     t.add_argument("--out", metavar="DIR", help="run folder (default: a new folder under runs/)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", help="auto (default), cpu or cuda")
-    t.add_argument("--strategy", help="sample selection: full (default), random, infobatch, hard, curriculum, selective")
-    t.add_argument("--schedule", help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
+    t.add_argument("--strategy",
+                   help="sample selection: full (default), random, infobatch, hard, curriculum, selective")
+    t.add_argument("--schedule",
+                   help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default from the data size)")
     t.add_argument("--lr", type=float, help="peak learning rate (default from optimizer and batch size)")
     t.add_argument("--optimizer", help="sgd (default for images) or adamw (default for tabular)")
     t.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay")
     t.add_argument("--warmup", type=float, help="warm-up as a fraction of the budget (default 0)")
     t.add_argument("--keep-fraction", dest="keep_fraction", type=float,
-                   help="fixed share of the data a selection strategy keeps per epoch, in (0, 1] (default: budget-sized)")
+                   help="fixed share of the data a selection strategy keeps per epoch, in (0, 1] "
+                   "(default: budget-sized)")
     t.add_argument("--filter-noisy", dest="filter_noisy", action="store_true",
                    help="leave out probably mislabelled samples (GaussianMixture on losses; classification only)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no closing line")

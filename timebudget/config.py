@@ -178,7 +178,8 @@ def _coerce(name: str, value: Any) -> Any:
         return _scalar(base, value)
     except (TypeError, ValueError):
         kind = getattr(base, "__name__", str(base))
-        raise TimebudgetError(f"config key {name!r} must be {kind}{' or null' if optional else ''}, got {value!r}") from None
+        or_null = " or null" if optional else ""
+        raise TimebudgetError(f"config key {name!r} must be {kind}{or_null}, got {value!r}") from None
 
 
 def _scalar(kind: type, value: Any) -> Any:

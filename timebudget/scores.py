@@ -36,7 +36,7 @@ class ScoreTable:
         self.step[index] = step
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"last": self.last.cpu(), "average": self.average.cpu(), "count": self.count.cpu(), "step": self.step.cpu()}
+        return {key: getattr(self, key).cpu() for key in ("last", "average", "count", "step")}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for key in ("last", "average", "count", "step"):

@@ -182,67 +182,93 @@ def train(
     clock = BudgetClock(config.seconds, start=start, now=now, margin_s=config.margin)
     if config.out and (Path(config.out) / "summary.json").exists():
         raise TimebudgetError(f"--out {config.out!r} already holds a finished run (summary.json); choose a new folder")
-    torch.manual_seed(config.seed)
-    device = accel.resolve_device(config.device)
-    accel.check_precision(config.precision, device)
-    bundle = data.load(config.data, config.data_dir, config.image_size)
-    config = resolve_defaults(config, bundle)
-    model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
-    fmt = accel.memory_format(model, config.channels_last, bundle.kind == "image")
-    train_module = accel.compile_module(model, config.compile)
-    optimizer = build_optimizer(config, model)
-    loss_fn = per_sample_loss(config, bundle.task)
-    autocast = accel.autocast(config.precision, device)
-    scaler = accel.grad_scaler(config.precision, device)
-    train_batches = Batches(bundle.train, device, bundle.input_shape, config.data_path, config.num_workers, fmt)
-    test_batches = Batches(bundle.test, device, bundle.input_shape, config.data_path, config.num_workers, fmt)
-    eval_batch = max(256, 4 * config.batch_size)
-    n = len(train_batches)
-    order_gen = torch.Generator().manual_seed(config.seed)
-    aug_gen = torch.Generator().manual_seed(config.seed + 1)
-    scores = ScoreTable(n, device=device)
-    strategy = strategies.build(config, bundle.task)
-    schedule = schedules.TimeSchedule(
-        optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
-    )
-    averaged: AveragedModel | None = None
-    clock.sync = torch.cuda.synchronize if device.type == "cuda" else None
-    clock.sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
-    drop_partial = config.compile or device.type == "cuda"  # one batch shape: no recompiles, no cuDNN re-tuning
+    run = _Run(config, clock)
+    run.calibrate()
+    run.open_folder()
+    run.loop()
+    return run.finish()
 
-    def step(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        if config.augment and x.ndim == 4:
-            x = augment.crop_flip(x, aug_gen)
-        with autocast():
-            losses = loss_fn(train_module(x), y)
+
+class _Run:
+    """One run in four stages: set-up (here), :meth:`calibrate`, :meth:`loop` and :meth:`finish`.
+
+    Set-up and calibration write nothing, so bad input and a budget too small leave no run folder behind.
+    """
+
+    def __init__(self, config: Config, clock: BudgetClock) -> None:
+        self.clock, self.now = clock, clock.now
+        torch.manual_seed(config.seed)
+        self.device = device = accel.resolve_device(config.device)
+        accel.check_precision(config.precision, device)
+        self.bundle = bundle = data.load(config.data, config.data_dir, config.image_size)
+        self.config = config = resolve_defaults(config, bundle)
+        self.model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
+        fmt = accel.memory_format(self.model, config.channels_last, bundle.kind == "image")
+        self.train_module = accel.compile_module(self.model, config.compile)
+        self.optimizer = build_optimizer(config, self.model)
+        self.loss_fn = per_sample_loss(config, bundle.task)
+        self.autocast = accel.autocast(config.precision, device)
+        self.scaler = accel.grad_scaler(config.precision, device)
+        self.train_batches, self.test_batches = (
+            Batches(split, device, bundle.input_shape, config.data_path, config.num_workers, fmt)
+            for split in (bundle.train, bundle.test)
+        )
+        self.eval_batch = max(256, 4 * config.batch_size)
+        self.n = len(self.train_batches)
+        self.order_gen = torch.Generator().manual_seed(config.seed)
+        self.aug_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.scores = ScoreTable(self.n, device=device)
+        self.strategy = strategies.build(config, bundle.task)
+        self.schedule = schedules.TimeSchedule(
+            self.optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
+        )
+        self.averaged: AveragedModel | None = None
+        clock.sync = torch.cuda.synchronize if device.type == "cuda" else None
+        clock.sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
+        self.drop_partial = config.compile or device.type == "cuda"  # one batch shape: no recompiles, no re-tuning
+        self.steps = self.epochs = self.samples = 0
+        self.seconds_scoring = 0.0
+        self.kept_log: list[dict[str, Any]] = []
+        self.last_eval: dict[str, Any] | None = None
+
+    # --- the pieces every stage uses -----------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """One optimizer step; returns the batch's per-sample losses (detached, on the device)."""
+        if self.config.augment and x.ndim == 4:
+            x = augment.crop_flip(x, self.aug_gen)
+        with self.autocast():
+            losses = self.loss_fn(self.train_module(x), y)
         loss = (losses * weights).mean() if weights is not None else losses.mean()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return losses.detach()
 
-    def final_model() -> nn.Module:
-        return averaged.module if averaged is not None else model
+    def final_model(self) -> nn.Module:
+        """What is evaluated and saved: the weight average once it has started, else the trained model."""
+        return self.averaged.module if self.averaged is not None else self.model
 
-    def test_metrics(max_batches: int | None = None) -> dict[str, float]:
-        return evaluate(final_model(), test_batches, bundle, eval_batch, max_batches, config.tta, autocast)
+    def test_metrics(self, max_batches: int | None = None) -> dict[str, float]:
+        return evaluate(self.final_model(), self.test_batches, self.bundle, self.eval_batch, max_batches,
+                        self.config.tta, self.autocast)
 
-    def checkpoint(steps: int, epochs: int, samples: int) -> dict[str, Any]:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "order": order_gen.get_state(),
-                               "augment": aug_gen.get_state()}
-        if device.type == "cuda":
+    def checkpoint(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "order": self.order_gen.get_state(),
+                               "augment": self.aug_gen.get_state()}
+        if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        bundle = self.bundle
         return {
-            "model": final_model().state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "steps": steps,
-            "epochs": epochs,
-            "samples_trained": samples,
-            "budget_s": config.seconds,
-            "elapsed_s": clock.elapsed(),
+            "model": self.final_model().state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "samples_trained": self.samples,
+            "budget_s": self.config.seconds,
+            "elapsed_s": self.clock.elapsed(),
             "rng": rng,
-            "config": config.to_dict(),
+            "config": self.config.to_dict(),
             "data": {
                 "task": bundle.task,
                 "num_outputs": bundle.num_outputs,
@@ -253,197 +279,221 @@ def train(
         }
 
     # --- calibration: measure a step, the evaluation and the checkpoint before committing to the budget --------
-    first = sampler.batches(torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)), config.batch_size)
-    ((px, py, _),) = train_batches.iterate(first[:1])
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    step_times = []
-    for _ in range(3 if config.compile else 2):  # cold first step (and compilation); the last is representative
+    def calibrate(self) -> None:
+        config, clock, now = self.config, self.clock, self.now
+        first = sampler.batches(torch.randperm(self.n, generator=torch.Generator().manual_seed(config.seed)),
+                                config.batch_size)
+        ((px, py, _),) = self.train_batches.iterate(first[:1])
+        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.step_times: list[float] = []
+        for _ in range(3 if config.compile else 2):  # cold first step (and compilation); the last is representative
+            t0 = now()
+            try:
+                self.step(px, py, None)
+            except Exception as exc:
+                what = "compiling the training step" if config.compile else "a training step"
+                first_line = (str(exc).strip().splitlines() or [""])[0]
+                raise TimebudgetError(
+                    f"{what} failed for model {config.model!r} on a batch of shape {tuple(px.shape)}: "
+                    f"{type(exc).__name__}: {first_line}"
+                ) from None
+            if clock.sync:
+                clock.sync()
+            self.step_times.append(now() - t0)
+        self.model.load_state_dict(state)
+        self.optimizer.state.clear()
+        test_chunks = math.ceil(len(self.test_batches) / self.eval_batch)
+        probe_batches = min(test_chunks, 2)
+        self.test_metrics(max_batches=1)  # warm: the first evaluation pays for allocations and kernel selection
         t0 = now()
-        try:
-            step(px, py, None)
-        except Exception as exc:
-            what = "compiling the training step" if config.compile else "a training step"
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            raise TimebudgetError(
-                f"{what} failed for model {config.model!r} on a batch of shape {tuple(px.shape)}: "
-                f"{type(exc).__name__}: {first_line}"
-            ) from None
-        if clock.sync:
-            clock.sync()
-        step_times.append(now() - t0)
-    model.load_state_dict(state)
-    optimizer.state.clear()
-    test_chunks = math.ceil(len(test_batches) / eval_batch)
-    probe_batches = min(test_chunks, 2)
-    test_metrics(max_batches=1)  # warm: the first evaluation pays for allocations and kernel selection
-    t0 = now()
-    test_metrics(max_batches=probe_batches)
-    eval_s = (now() - t0) * test_chunks / probe_batches
-    tail_probe = _TailProbe(lambda: evaluate(final_model(), test_batches, bundle, 64, max_batches=1), now)
-    t0 = now()
-    blob = artifacts.serialize({"ckpt": checkpoint(0, 0, 0), "scores": scores.state_dict()})
-    with tempfile.TemporaryFile() as fh:
-        fh.write(blob)
-    save_s = now() - t0
-    clock.measure_tail(eval_s + save_s + 0.01)
-    clock.seed_step(step_times[-1])
-    minimum = clock.elapsed() + step_times[-1] + clock.reserve_s
-    if minimum > config.seconds:
-        raise BudgetTooSmall(
-            f"--seconds {config.seconds:g} is too small: start-up took {clock.elapsed() - sum(step_times):.2f} s, "
-            f"one training step takes {step_times[-1]:.3f} s (the first {step_times[0]:.2f} s) and the final "
-            f"evaluation and checkpoint {clock.reserve_s:.2f} s; the minimum for this data and model here is about "
-            f"{math.ceil(minimum * 1.2)} s"
+        self.test_metrics(max_batches=probe_batches)
+        self.eval_s = (now() - t0) * test_chunks / probe_batches
+        self.tail_probe = _TailProbe(
+            lambda: evaluate(self.final_model(), self.test_batches, self.bundle, 64, max_batches=1), now
         )
+        t0 = now()
+        blob = artifacts.serialize({"ckpt": self.checkpoint(), "scores": self.scores.state_dict()})
+        with tempfile.TemporaryFile() as fh:
+            fh.write(blob)
+        self.save_s = now() - t0
+        clock.measure_tail(self.eval_s + self.save_s + 0.01)
+        clock.seed_step(self.step_times[-1])
+        minimum = clock.elapsed() + self.step_times[-1] + clock.reserve_s
+        if minimum > config.seconds:
+            raise BudgetTooSmall(
+                f"--seconds {config.seconds:g} is too small: start-up took "
+                f"{clock.elapsed() - sum(self.step_times):.2f} s, one training step takes {self.step_times[-1]:.3f} s "
+                f"(the first {self.step_times[0]:.2f} s) and the final evaluation and checkpoint {clock.reserve_s:.2f} "
+                f"s; the minimum for this data and model here is about {math.ceil(minimum * 1.2)} s"
+            )
 
     # --- the run folder ----------------------------------------------------------------------------------------
-    out_dir = Path(config.out) if config.out else default_out_dir(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(config, out=str(out_dir))
-    artifacts.write_text(out_dir / "config.yaml", config_module.dump(config))
-    log = artifacts.MetricsLog(out_dir / "metrics.jsonl")
-    bar = _Progress(config.seconds, config.quiet)
-    checkpoint_dir = out_dir / "checkpoints"
-    if config.save_checkpoints:
-        checkpoint_dir.mkdir(exist_ok=True)
-    checkpoint_every = 1.0 / (config.save_checkpoints + 1)
-    next_checkpoint = checkpoint_every if config.save_checkpoints else math.inf
-    average_from = config.average_from if config.average_from is not None else math.inf
+    def open_folder(self) -> None:
+        config = self.config
+        self.out_dir = Path(config.out) if config.out else default_out_dir(config)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config = dataclasses.replace(config, out=str(self.out_dir))
+        artifacts.write_text(self.out_dir / "config.yaml", config_module.dump(config))
+        self.log = artifacts.MetricsLog(self.out_dir / "metrics.jsonl")
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        if config.save_checkpoints:
+            self.checkpoint_dir.mkdir(exist_ok=True)
 
     # --- the loop ----------------------------------------------------------------------------------------------
-    steps = epochs = samples = 0
-    seconds_scoring = 0.0
-    last_eval = None
-    next_eval = config.eval_every or math.inf
-    kept_log: list[dict[str, Any]] = []
-    model.train()
-    clock.start_training()
-    stop = clock.should_stop()
-    while not stop:
-        resume = clock.pause()  # planning and re-scoring count against the budget, not as step time
-        t0 = now()
-        throughput = samples / clock.train_s if clock.train_s > 0 else None
-        affordable = throughput * max(0.0, clock.window_end - now()) if throughput else None
-        plan = strategy.plan(strategies.EpochContext(epochs, clock.progress(), scores, order_gen, affordable))
+    def loop(self) -> None:
+        config, clock, now, device = self.config, self.clock, self.now, self.device
+        bar = _Progress(config.seconds, config.quiet)
+        checkpoint_every = 1.0 / (config.save_checkpoints + 1)
+        next_checkpoint = checkpoint_every if config.save_checkpoints else math.inf
+        average_from = config.average_from if config.average_from is not None else math.inf
+        next_eval = config.eval_every or math.inf
+        self.model.train()
+        clock.start_training()
+        stop = clock.should_stop()
+        while not stop:
+            order, chunks, weights = self.plan_epoch()
+            epoch_losses = torch.empty(len(order), device=device)
+            done = logged = 0  # samples of this epoch trained / already logged
+            for x, y, idx in self.train_batches.iterate(chunks):
+                p = clock.progress()
+                lr = self.schedule.apply(p)
+                losses = self.step(x, y, weights[idx.to(device, non_blocking=True)] if weights is not None else None)
+                epoch_losses[done:done + len(idx)] = losses
+                done += len(idx)
+                self.steps += 1
+                self.samples += len(idx)
+                if p >= average_from:
+                    if self.averaged is None:
+                        self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                                                      use_buffers=True)
+                    self.averaged.update_parameters(self.model)
+                if self.steps % config.log_every == 0:
+                    loss_value = float(epoch_losses[logged:done].mean())
+                    logged = done
+                    elapsed = clock.elapsed()
+                    self.log.write({"event": "step", "step": self.steps, "epoch": self.epochs,
+                                    "time": round(elapsed, 4), "lr": lr, "loss": loss_value, "samples": self.samples})
+                    bar.update(elapsed, lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
+                if clock.step_done():
+                    stop = True
+                    break
+                if self.tail_probe.load_changed(slowdown := clock.slowdown()):
+                    self.retime_tail(slowdown)
+                if p >= next_checkpoint:
+                    resume = clock.pause()
+                    artifacts.save_torch(self.checkpoint_dir / f"step_{self.steps:08d}.pt", self.checkpoint())
+                    resume()
+                    next_checkpoint += checkpoint_every
+                if clock.elapsed() >= next_eval:
+                    self.last_eval = _periodic_eval(clock, self.test_metrics, self.save_s, self.log, self.steps) or \
+                        self.last_eval
+                    next_eval = clock.elapsed() + config.eval_every
+            t0 = now()
+            self.scores.record(order[:done], epoch_losses[:done], self.steps)
+            self.seconds_scoring += now() - t0
+            if done > logged:
+                self.log.write({"event": "step", "step": self.steps, "epoch": self.epochs,
+                                "time": round(clock.elapsed(), 4), "lr": self.schedule.lr,
+                                "loss": float(epoch_losses[logged:done].mean()), "samples": self.samples})
+            self.epochs += 1
+            self.log.flush()
+            stop = stop or clock.should_stop()
+        clock.stop_training()
+        bar.close()
+        self.log.flush()
+
+    def plan_epoch(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """The strategy's plan for the next epoch, as an order, its batches and per-sample weights. Planning and
+        re-scoring count against the budget, not as step time."""
+        clock, n = self.clock, self.n
+        resume = clock.pause()
+        t0 = self.now()
+        throughput = self.samples / clock.train_s if clock.train_s > 0 else None
+        affordable = throughput * max(0.0, clock.window_end - self.now()) if throughput else None
+        plan = self.strategy.plan(
+            strategies.EpochContext(self.epochs, clock.progress(), self.scores, self.order_gen, affordable)
+        )
         if plan.refresh is not None and len(plan.refresh):
-            _refresh(plan.refresh, clock, model, train_batches, loss_fn, scores, steps, eval_batch,
-                     eval_s / len(test_batches))
+            _refresh(plan.refresh, clock, self.model, self.train_batches, self.loss_fn, self.scores, self.steps,
+                     self.eval_batch, self.eval_s / len(self.test_batches))
         if plan.mask is not None and not bool(plan.mask.any()):
-            raise RuntimeError(f"strategy {strategy.name!r} selected no samples in epoch {epochs}")
-        order = sampler.epoch_order(n, order_gen, plan.mask)
-        chunks = sampler.batches(order, config.batch_size, drop_partial)
-        weights = plan.weights.to(device) if plan.weights is not None else None
-        epoch_losses = torch.empty(len(order), device=device)
-        seconds_scoring += now() - t0
+            raise RuntimeError(f"strategy {self.strategy.name!r} selected no samples in epoch {self.epochs}")
+        order = sampler.epoch_order(n, self.order_gen, plan.mask)
+        chunks = sampler.batches(order, self.config.batch_size, self.drop_partial)
+        weights = plan.weights.to(self.device) if plan.weights is not None else None
+        self.seconds_scoring += self.now() - t0
         resume()
         kept = plan.kept(n)
-        record = {"event": "epoch", "epoch": epochs, "time": round(clock.elapsed(), 4), "kept": kept,
+        record = {"event": "epoch", "epoch": self.epochs, "time": round(clock.elapsed(), 4), "kept": kept,
                   "kept_fraction": kept / n, "phase": plan.phase}
-        kept_log.append(record)
-        log.write(record)
-        done = logged = 0  # samples of this epoch trained / already logged
-        for x, y, idx in train_batches.iterate(chunks):
-            p = clock.progress()
-            lr = schedule.apply(p)
-            losses = step(x, y, weights[idx.to(device, non_blocking=True)] if weights is not None else None)
-            epoch_losses[done:done + len(idx)] = losses
-            done += len(idx)
-            steps += 1
-            samples += len(idx)
-            if p >= average_from:
-                if averaged is None:
-                    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-                averaged.update_parameters(model)
-            if steps % config.log_every == 0:
-                loss_value = float(epoch_losses[logged:done].mean())
-                logged = done
-                elapsed = clock.elapsed()
-                log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(elapsed, 4), "lr": lr,
-                           "loss": loss_value, "samples": samples})
-                bar.update(elapsed, lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
-            if clock.step_done():
-                stop = True
-                break
-            if tail_probe.load_changed(slowdown := clock.slowdown()):
-                if clock.now() + tail_probe.cost(slowdown) < clock.window_end - clock.step_estimate():
-                    resume = clock.pause()
-                    scale = tail_probe.retime(slowdown)
-                    resume()
-                else:
-                    scale = tail_probe.assume(slowdown)
-                clock.measure_tail((eval_s + save_s) * scale + 0.01)
-            if p >= next_checkpoint:
-                resume = clock.pause()
-                artifacts.save_torch(checkpoint_dir / f"step_{steps:08d}.pt", checkpoint(steps, epochs, samples))
-                resume()
-                next_checkpoint += checkpoint_every
-            if clock.elapsed() >= next_eval:
-                last_eval = _periodic_eval(clock, test_metrics, save_s, log, steps) or last_eval
-                next_eval = clock.elapsed() + config.eval_every
-        t0 = now()
-        scores.record(order[:done], epoch_losses[:done], steps)
-        seconds_scoring += now() - t0
-        if done > logged:
-            log.write({"event": "step", "step": steps, "epoch": epochs, "time": round(clock.elapsed(), 4),
-                       "lr": schedule.lr, "loss": float(epoch_losses[logged:done].mean()), "samples": samples})
-        epochs += 1
-        log.flush()
-        stop = stop or clock.should_stop()
-    clock.stop_training()
-    bar.close()
-    log.flush()
+        self.kept_log.append(record)
+        self.log.write(record)
+        return order, chunks, weights
+
+    def retime_tail(self, slowdown: float) -> None:
+        """The load changed: re-time the tail with the probe if it fits before the tail, else assume the worst."""
+        clock, probe = self.clock, self.tail_probe
+        if clock.now() + probe.cost(slowdown) < clock.window_end - clock.step_estimate():
+            resume = clock.pause()
+            scale = probe.retime(slowdown)
+            resume()
+        else:
+            scale = probe.assume(slowdown)
+        clock.measure_tail((self.eval_s + self.save_s) * scale + 0.01)
 
     # --- the tail: final evaluation, checkpoint, scores, summary ----------------------------------------------
-    tail_start = now()
-    metrics = test_metrics()
-    artifacts.save_torch(out_dir / "checkpoint.pt", checkpoint(steps, epochs, samples))
-    artifacts.save_torch(out_dir / "scores.pt", scores.state_dict())
-    summary = {
-        "budget_s": config.seconds,
-        "elapsed_s": None,
-        "test_metrics": metrics,
-        "samples_trained": samples,
-        "steps": steps,
-        "epochs": epochs,
-        "passes": samples / n,
-        "train_s": clock.train_s,
-        "samples_per_s": samples / clock.train_s if clock.train_s > 0 else 0.0,
-        "strategy": config.strategy,
-        "device": str(device),
-        "data": bundle.name,
-        "data_path": train_batches.path,
-        "task": bundle.task,
-        "model": config.model,
-        "precision": config.precision,
-        "n_train": n,
-        "n_test": len(test_batches),
-        "seconds_scoring": seconds_scoring,
-        "samples_skipped": sum(n - r["kept"] for r in kept_log),
-        "fraction_seen": float(scores.seen.float().mean()),
-        "epoch_subsets": [{"epoch": r["epoch"], "kept": r["kept"], "kept_fraction": r["kept_fraction"]}
-                          for r in kept_log],
-        "final_lr": schedule.lr,
-        "startup_s": clock.training_started - clock.start,
-        "calibration": {"step_s": step_times, "eval_s": eval_s, "save_s": save_s},
-        "tail_reserved_s": clock.reserve_s,
-        "weights_averaged": averaged is not None,
-        "periodic_eval": last_eval,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    summary["tail_s"] = now() - tail_start
-    summary["elapsed_s"] = clock.elapsed()
-    artifacts.write_json(out_dir / "summary.json", summary)
-    return TrainResult(out_dir=out_dir, summary=summary, model=final_model(), config=config)
+    def finish(self) -> TrainResult:
+        config, clock, n = self.config, self.clock, self.n
+        tail_start = self.now()
+        metrics = self.test_metrics()
+        artifacts.save_torch(self.out_dir / "checkpoint.pt", self.checkpoint())
+        artifacts.save_torch(self.out_dir / "scores.pt", self.scores.state_dict())
+        summary = {
+            "budget_s": config.seconds,
+            "elapsed_s": None,
+            "test_metrics": metrics,
+            "samples_trained": self.samples,
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "passes": self.samples / n,
+            "train_s": clock.train_s,
+            "samples_per_s": self.samples / clock.train_s if clock.train_s > 0 else 0.0,
+            "strategy": config.strategy,
+            "device": str(self.device),
+            "data": self.bundle.name,
+            "data_path": self.train_batches.path,
+            "task": self.bundle.task,
+            "model": config.model,
+            "precision": config.precision,
+            "n_train": n,
+            "n_test": len(self.test_batches),
+            "seconds_scoring": self.seconds_scoring,
+            "samples_skipped": sum(n - r["kept"] for r in self.kept_log),
+            "fraction_seen": float(self.scores.seen.float().mean()),
+            "epoch_subsets": [{"epoch": r["epoch"], "kept": r["kept"], "kept_fraction": r["kept_fraction"]}
+                              for r in self.kept_log],
+            "final_lr": self.schedule.lr,
+            "startup_s": clock.training_started - clock.start,
+            "calibration": {"step_s": self.step_times, "eval_s": self.eval_s, "save_s": self.save_s},
+            "tail_reserved_s": clock.reserve_s,
+            "weights_averaged": self.averaged is not None,
+            "periodic_eval": self.last_eval,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
+        summary["tail_s"] = self.now() - tail_start
+        summary["elapsed_s"] = clock.elapsed()
+        artifacts.write_json(self.out_dir / "summary.json", summary)
+        return TrainResult(out_dir=self.out_dir, summary=summary, model=self.final_model(), config=config)
 
 
 class _TailProbe:
     """Re-times the tail when the machine's load changes (a competing process starts or stops).
 
-    A one-batch evaluation is timed at calibration (median of three); when the steps' slowdown moves by more than ``hysteresis``
-    since the last probe, the same batch is timed again and the tail estimate is scaled by the evaluation's own
-    slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far more from
-    competing threads than the evaluation does. When the probe itself would not fit before the tail, the steps'
+    A one-batch evaluation is timed at calibration (median of three); when the steps' slowdown moves by more than
+    ``hysteresis`` since the last probe, the same batch is timed again and the tail estimate is scaled by the
+    evaluation's own slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far
+    more from competing threads than the evaluation does. When the probe itself would not fit before the tail, the steps'
     slowdown is assumed instead (cautious: the run ends early rather than late).
     """
 
