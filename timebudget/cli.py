@@ -11,7 +11,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from .clock import process_start_time
-from .errors import BudgetTooSmall, TimebudgetError
+from .errors import BudgetTooSmall, TimebudgetError, first_line
 
 _PROCESS_START = process_start_time()
 
@@ -175,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a failure inside torch or user code: one line, the traceback on request
         if os.environ.get("TIMEBUDGET_DEBUG"):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"timebudget: error: {type(exc).__name__}: {first} (set TIMEBUDGET_DEBUG=1 for the traceback)",
+        print(f"timebudget: error: {type(exc).__name__}: {first_line(exc)} (set TIMEBUDGET_DEBUG=1 for the traceback)",
               file=sys.stderr)
         code = EXIT_FAILED
     if argv is None:

@@ -149,14 +149,19 @@ class BudgetClock:
         self.steps += 1
         if self._pending < self.sync_every and not self.near_deadline():
             return False
-        if self.sync is not None:
+        return self._settle() + self.step_estimate() > self.window_end
+
+    def _settle(self) -> float:
+        """Wait for the device (if steps are pending), account the pending steps' time, and return the time now."""
+        if self._pending and self.sync is not None:
             self.sync()
         t = self.now()
-        self._observe((t - self._last) / self._pending, self._pending)
-        self.train_s += t - self._last
-        self._last = t
-        self._pending = 0
-        return t + self.step_estimate() > self.window_end
+        if self._pending and self._last is not None:
+            self._observe((t - self._last) / self._pending, self._pending)
+            self.train_s += t - self._last
+            self._last = t
+            self._pending = 0
+        return t
 
     def should_stop(self) -> bool:
         """True when the next step would not fit (checked without accounting a step, e.g. at an epoch boundary)."""
@@ -167,13 +172,7 @@ class BudgetClock:
 
         Returns the function that ends the pause.
         """
-        if self._pending and self.sync is not None:
-            self.sync()
-        t0 = self.now()
-        if self._pending and self._last is not None:
-            self.train_s += t0 - self._last
-            self._observe((t0 - self._last) / self._pending, self._pending)
-            self._pending = 0
+        t0 = self._settle()
 
         def resume() -> None:
             t1 = self.now()
@@ -183,8 +182,4 @@ class BudgetClock:
         return resume
 
     def stop_training(self) -> None:
-        if self._pending and self._last is not None:
-            if self.sync is not None:
-                self.sync()
-            self.train_s += self.now() - self._last
-            self._pending = 0
+        self._settle()

@@ -337,6 +337,16 @@ def from_npz(path: str) -> DataBundle:
     return from_arrays(p.name, *arrays)
 
 
+def labels(ds: Dataset) -> torch.Tensor:
+    """All targets of a dataset, without loading inputs when the dataset keeps them apart (``targets``)."""
+    if isinstance(ds, ArrayDataset):
+        return ds.y
+    targets = getattr(ds, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets)
+    return torch.stack([torch.as_tensor(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
+
+
 def from_factory(spec: str) -> DataBundle:
     """``module:function`` returning ``(train_dataset, test_dataset)`` whose items are ``(x, y)``.
 
@@ -355,10 +365,7 @@ def from_factory(spec: str) -> DataBundle:
         task, num_outputs = "regression", max(1, y0.numel())
     else:
         classes = getattr(train, "classes", None)
-        labels = getattr(train, "targets", None)
-        if labels is None:
-            labels = [int(torch.as_tensor(train[i][1])) for i in range(len(train))]
-        num_outputs = len(classes) if classes is not None else int(max(labels)) + 1
+        num_outputs = len(classes) if classes is not None else int(labels(train).max()) + 1
         task = "classification"
     kind = "tabular" if x0.ndim == 1 else "image"
     shape = tuple(x0.shape) if x0.ndim != 2 else (1, *x0.shape)

@@ -1,6 +1,12 @@
 """User-facing errors: the CLI prints each as one line on stderr and exits non-zero."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none): enough to say what failed in one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class TimebudgetError(Exception):
     """Bad input or an impossible request, explained in one line (which value, why, what is allowed)."""
 

@@ -25,8 +25,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import artifacts, config as config_module, data, models
+from .accel import resolve_device
 from .config import Config
-from .errors import TimebudgetError
+from .errors import TimebudgetError, first_line
 
 BASELINES = ("zeros", "blur", "mean")
 TARGETS = ("true", "pred")
@@ -93,7 +94,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TimebudgetError(f"{path} is not a readable checkpoint: {_first_line(exc)}") from None
+        raise TimebudgetError(f"{path} is not a readable checkpoint: {first_line(exc) or type(exc).__name__}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise TimebudgetError(f"{path} holds no model state (a timebudget checkpoint has a 'model' entry)")
     return ckpt
@@ -157,7 +158,8 @@ def _read_scores(path: Path, n: int) -> tuple[dict[str, torch.Tensor] | None, st
     try:
         scores = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TimebudgetError(f"{path} is not a readable score table: {_first_line(exc)}") from None
+        reason = first_line(exc) or type(exc).__name__
+        raise TimebudgetError(f"{path} is not a readable score table: {reason}") from None
     keys = ("last", "average", "count", "step")
     if not isinstance(scores, dict) or any(k not in scores for k in keys):
         raise TimebudgetError(f"{path} is not a score table: it needs the tensors {', '.join(keys)}")
@@ -250,19 +252,9 @@ def _fetch(ds: Dataset, index: torch.Tensor, input_shape: tuple[int, ...]) -> tu
     return x, torch.stack([torch.as_tensor(v) for v in ys])
 
 
-def _labels(ds: Dataset) -> torch.Tensor:
-    """All targets of a dataset, without loading inputs when the dataset keeps them apart."""
-    if isinstance(ds, data.ArrayDataset):
-        return ds.y
-    targets = getattr(ds, "targets", None)
-    if targets is not None:
-        return torch.as_tensor(targets)
-    return torch.stack([torch.as_tensor(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
-
-
 def held_out_groups(run: Run, options: Options) -> list[Group]:
     """Per class, the first ``samples`` test samples; for regression, samples spread evenly over the target range."""
-    labels = _labels(run.bundle.test)
+    labels = data.labels(run.bundle.test)
     if run.bundle.task == "regression":
         order = labels.view(len(labels), -1)[:, options.output].argsort()
         picks = torch.linspace(0, len(order) - 1, min(options.samples, len(order))).round().long().unique()
@@ -277,7 +269,7 @@ def kept_dropped_groups(run: Run, options: Options) -> tuple[list[Group], str | 
         return [], run.scores_note
     pool = (run.scores["count"] > 0).nonzero().flatten()
     if run.bundle.task == "classification" and options.classes is not None:
-        pool = pool[torch.isin(_labels(run.bundle.train)[pool], torch.tensor(options.classes))]
+        pool = pool[torch.isin(data.labels(run.bundle.train)[pool], torch.tensor(options.classes))]
     k = min(options.samples, len(pool) // 2)
     if k == 0:
         return [], f"only {len(pool)} measured training samples in the analysed classes: too few to compare"
@@ -511,11 +503,9 @@ def run(run_dir: str | Path, options: Options | None = None) -> dict[str, Any]:
 
     Returns what explain.json holds. Runs outside any training budget and prints how long it took.
     """
-    from .accel import resolve_device
-
     options = (options or Options()).validate()
     start = time.perf_counter()
-    device = resolve_device(options.device)  # which also switches TF32 on for CUDA, hence the context after it
+    device = resolve_device(options.device)
     with full_precision():
         report, out = _explain(run_dir, options, device)
     report["elapsed_s"] = time.perf_counter() - start
@@ -531,8 +521,8 @@ def run(run_dir: str | Path, options: Options | None = None) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def full_precision() -> Iterator[None]:
-    """Plain fp32 arithmetic while explaining: TF32 matmuls (which training on CUDA switches on) move Integrated
-    Gradients' deltas and the small self-influence values of well-fit samples by around 1%."""
+    """Plain fp32 arithmetic while explaining: TF32 (cuDNN's default in PyTorch, or a user's setting for matmuls)
+    moves Integrated Gradients' deltas and the small self-influence values of well-fit samples by around 1%."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -596,8 +586,3 @@ def json_number(value: float) -> float | None:
 
 def _few(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

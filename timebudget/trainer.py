@@ -34,7 +34,7 @@ from . import accel, artifacts, augment, config as config_module, data, models, 
 from .batches import Batches
 from .clock import BudgetClock
 from .config import Config
-from .errors import BudgetTooSmall, TimebudgetError
+from .errors import BudgetTooSmall, TimebudgetError, first_line
 from .scores import ScoreTable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -292,10 +292,9 @@ class _Run:
                 self.step(px, py, None)
             except Exception as exc:
                 what = "compiling the training step" if config.compile else "a training step"
-                first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise TimebudgetError(
                     f"{what} failed for model {config.model!r} on a batch of shape {tuple(px.shape)}: "
-                    f"{type(exc).__name__}: {first_line}"
+                    f"{type(exc).__name__}: {first_line(exc)}"
                 ) from None
             if clock.sync:
                 clock.sync()
@@ -368,12 +367,9 @@ class _Run:
                                                       use_buffers=True)
                     self.averaged.update_parameters(self.model)
                 if self.steps % config.log_every == 0:
-                    loss_value = float(epoch_losses[logged:done].mean())
+                    loss_value = self.log_step(lr, epoch_losses[logged:done])
                     logged = done
-                    elapsed = clock.elapsed()
-                    self.log.write({"event": "step", "step": self.steps, "epoch": self.epochs,
-                                    "time": round(elapsed, 4), "lr": lr, "loss": loss_value, "samples": self.samples})
-                    bar.update(elapsed, lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
+                    bar.update(clock.elapsed(), lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
                 if clock.step_done():
                     stop = True
                     break
@@ -385,16 +381,13 @@ class _Run:
                     resume()
                     next_checkpoint += checkpoint_every
                 if clock.elapsed() >= next_eval:
-                    self.last_eval = _periodic_eval(clock, self.test_metrics, self.save_s, self.log, self.steps) or \
-                        self.last_eval
+                    self.last_eval = self.periodic_eval() or self.last_eval
                     next_eval = clock.elapsed() + config.eval_every
             t0 = now()
             self.scores.record(order[:done], epoch_losses[:done], self.steps)
             self.seconds_scoring += now() - t0
             if done > logged:
-                self.log.write({"event": "step", "step": self.steps, "epoch": self.epochs,
-                                "time": round(clock.elapsed(), 4), "lr": self.schedule.lr,
-                                "loss": float(epoch_losses[logged:done].mean()), "samples": self.samples})
+                self.log_step(self.schedule.lr, epoch_losses[logged:done])
             self.epochs += 1
             self.log.flush()
             stop = stop or clock.should_stop()
@@ -414,8 +407,7 @@ class _Run:
             strategies.EpochContext(self.epochs, clock.progress(), self.scores, self.order_gen, affordable)
         )
         if plan.refresh is not None and len(plan.refresh):
-            _refresh(plan.refresh, clock, self.model, self.train_batches, self.loss_fn, self.scores, self.steps,
-                     self.eval_batch, self.eval_s / len(self.test_batches))
+            self.refresh(plan.refresh)
         if plan.mask is not None and not bool(plan.mask.any()):
             raise RuntimeError(f"strategy {self.strategy.name!r} selected no samples in epoch {self.epochs}")
         order = sampler.epoch_order(n, self.order_gen, plan.mask)
@@ -429,6 +421,43 @@ class _Run:
         self.kept_log.append(record)
         self.log.write(record)
         return order, chunks, weights
+
+    def log_step(self, lr: float, losses: torch.Tensor) -> float:
+        """Write a step record to metrics.jsonl with the mean of ``losses`` (the steps since the last record)."""
+        loss = float(losses.mean())
+        self.log.write({"event": "step", "step": self.steps, "epoch": self.epochs,
+                        "time": round(self.clock.elapsed(), 4), "lr": lr, "loss": loss, "samples": self.samples})
+        return loss
+
+    @torch.no_grad()
+    def refresh(self, index: torch.Tensor) -> None:
+        """Re-measure the losses of ``index`` with a forward pass (no gradient), trimmed to what fits before the
+        tail (half the room left, at the calibrated evaluation speed)."""
+        clock = self.clock
+        room = clock.window_end - clock.now() - clock.step_estimate()
+        seconds_per_sample = self.eval_s / len(self.test_batches)
+        index = index[:int(max(0.0, room * 0.5) / max(seconds_per_sample, 1e-9))]
+        if not len(index):
+            return
+        self.model.eval()
+        for x, y, idx in self.train_batches.iterate(list(index.split(self.eval_batch))):
+            self.scores.record(idx, self.loss_fn(self.model(x), y), self.steps)
+        self.model.train()
+
+    def periodic_eval(self) -> dict[str, Any] | None:
+        """An evaluation during training, when it fits; its measured cost refines the reserve for the final one."""
+        clock = self.clock
+        if clock.now() + clock.tail_s + clock.step_estimate() > clock.window_end:
+            return None
+        resume = clock.pause()
+        t0 = clock.now()
+        metrics = self.test_metrics()
+        eval_s = clock.now() - t0
+        resume()
+        clock.measure_tail(eval_s + self.save_s + 0.01)
+        record = {"event": "eval", "step": self.steps, "time": round(clock.elapsed(), 4), "eval_s": eval_s, **metrics}
+        self.log.write(record)
+        return record
 
     def retime_tail(self, slowdown: float) -> None:
         """The load changed: re-time the tail with the probe if it fits before the tail, else assume the worst."""
@@ -493,8 +522,8 @@ class _TailProbe:
     A one-batch evaluation is timed at calibration (median of three); when the steps' slowdown moves by more than
     ``hysteresis`` since the last probe, the same batch is timed again and the tail estimate is scaled by the
     evaluation's own slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far
-    more from competing threads than the evaluation does. When the probe itself would not fit before the tail, the steps'
-    slowdown is assumed instead (cautious: the run ends early rather than late).
+    more from competing threads than the evaluation does. When the probe itself would not fit before the tail, the
+    steps' slowdown is assumed instead (cautious: the run ends early rather than late).
     """
 
     def __init__(self, probe: Callable[[], object], now: Callable[[], float], hysteresis: float = 1.5) -> None:
@@ -527,48 +556,3 @@ class _TailProbe:
         """No time left to re-time: assume the tail slows down as much as the steps did (cautious)."""
         self.at_slowdown = slowdown
         return max(1.0, slowdown)
-
-
-@torch.no_grad()
-def _refresh(
-    index: torch.Tensor,
-    clock: BudgetClock,
-    model: nn.Module,
-    batches: Batches,
-    loss_fn: LossFn,
-    scores: ScoreTable,
-    step: int,
-    batch_size: int,
-    seconds_per_sample: float,
-) -> None:
-    """Re-measure the losses of ``index`` with a forward pass (no gradient), trimmed to what fits before the tail."""
-    room = clock.window_end - clock.now() - clock.step_estimate()
-    affordable = int(max(0.0, room * 0.5) / max(seconds_per_sample, 1e-9))
-    index = index[:affordable]
-    if not len(index):
-        return
-    model.eval()
-    for x, y, idx in batches.iterate(list(index.split(batch_size))):
-        scores.record(idx, loss_fn(model(x), y), step)
-    model.train()
-
-
-def _periodic_eval(
-    clock: BudgetClock,
-    test_metrics: Callable[[], dict[str, float]],
-    save_s: float,
-    log: artifacts.MetricsLog,
-    steps: int,
-) -> dict[str, Any] | None:
-    """An evaluation during training, when it fits; its measured cost refines the reserve for the final one."""
-    if clock.now() + clock.tail_s + clock.step_estimate() > clock.window_end:
-        return None
-    resume = clock.pause()
-    t0 = clock.now()
-    metrics = test_metrics()
-    eval_s = clock.now() - t0
-    resume()
-    clock.measure_tail(eval_s + save_s + 0.01)
-    record = {"event": "eval", "step": steps, "time": round(clock.elapsed(), 4), "eval_s": eval_s, **metrics}
-    log.write(record)
-    return record
