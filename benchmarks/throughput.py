@@ -11,7 +11,7 @@ Part 2 times one epoch plan (ranking plus subset building) of each selection str
 
     python benchmarks/throughput.py                 # CPU cases, 15 s per run, 2 rounds
     python benchmarks/throughput.py --quick         # smoke run
-    python benchmarks/throughput.py --devices cuda  # the CUDA cases only (airnet and resnet18 in bf16)
+    python benchmarks/throughput.py --devices cuda  # the CUDA cases: the fast config's step, resnet18 in bf16
 """
 from __future__ import annotations
 
@@ -21,46 +21,74 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
-from timebudget import data, models, strategies
+from timebudget import augment, data, models, strategies
 from timebudget.config import Config
 from timebudget.scores import ScoreTable
 from timebudget.trainer import train
 
+FAST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cifar10-fast.yaml"
 
-def plain_loop(
-    x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, batch_size: int, lr: float, seconds: float,
-    device: torch.device, precision: str = "fp32",
-) -> float:
+
+@dataclass(frozen=True)
+class Case:
+    """One comparison: the same data, model and options for the plain loop and for timebudget."""
+
+    label: str
+    spec: str
+    model: str
+    device: str
+    precision: str = "fp32"
+    batch_size: int = 128
+    channels_last: bool = False
+    compile: bool = False
+    augment: bool = False
+    label_smoothing: float = 0.0
+
+    def config(self) -> dict:
+        return {"model": self.model, "device": self.device, "precision": self.precision,
+                "batch_size": self.batch_size, "channels_last": self.channels_last, "compile": self.compile,
+                "augment": self.augment, "label_smoothing": self.label_smoothing}
+
+
+def plain_loop(x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, case: Case, lr: float, seconds: float) -> float:
     """The baseline: data resident on the device, shuffled index batches, SGD with Nesterov momentum, a linear
-    learning-rate decay by time. Returns samples per second inside the loop (after two warm-up steps)."""
-    x, y = x.to(device), y.to(device)
-    model.to(device).train()
+    learning-rate decay by time, and the case's options (autocast, channels_last, compile, batched crop and flip).
+    Returns samples per second inside the loop (after warm-up steps, which also compile)."""
+    device = torch.device(case.device)
+    memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
+    x, y = x.to(device).contiguous(memory_format=memory_format), y.to(device)
+    model.to(device, memory_format=memory_format).train()
+    forward = torch.compile(model, dynamic=False) if case.compile else model
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    dtype = torch.bfloat16 if precision == "bf16" else None
+    dtype = torch.bfloat16 if case.precision == "bf16" else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    aug_gen = torch.Generator(device).manual_seed(0)
 
     def step(idx: torch.Tensor) -> None:
+        xb = augment.crop_flip(x[idx], aug_gen) if case.augment else x[idx]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(forward(xb), y[idx], label_smoothing=case.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    warm = torch.arange(batch_size, device=device) % len(x)
-    for _ in range(2):
+    warm = torch.arange(case.batch_size, device=device) % len(x)
+    for _ in range(3 if case.compile else 2):
         step(warm)
     sync()
     samples, start = 0, time.perf_counter()
     end = start + seconds
     while time.perf_counter() < end:
-        for idx in torch.randperm(len(x), device=device).split(batch_size):
-            if len(idx) < batch_size:
+        for idx in torch.randperm(len(x), device=device).split(case.batch_size):
+            if len(idx) < case.batch_size:
                 break
             for group in opt.param_groups:
                 group["lr"] = lr * max(0.0, 1 - (time.perf_counter() - start) / seconds)
@@ -84,36 +112,39 @@ def cifar_shaped(path: Path, n: int = 5000) -> str:
 
 def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
     cifar = cifar_shaped(tmp / "cifar_shaped.npz")
-    cases = [("digits", "digits", "cnn", "fp32", "cpu"), ("cifar-shaped", cifar, "cnn", "fp32", "cpu"),
-             ("cifar-shaped", cifar, "resnet18", "fp32", "cpu"), ("cifar-shaped", cifar, "airnet", "bf16", "cuda"),
-             ("cifar-shaped", cifar, "resnet18", "bf16", "cuda")]
-    cases = [case for case in cases if case[4] in args.devices]
-    print(f"\n{'data':<14}{'model':<10}{'device':<7}{'prec':<6}{'plain/s':>10}{'full/s':>10}{'ratio':>7}"
-          f"{'selective/s':>13}{'ratio':>7}{'incl. scoring':>15}")
-    for label, spec, model_name, precision, device_name in cases:
-        device = torch.device(device_name)
-        bundle = data.load(spec)
-        batch_size = 128
+    # the fast config's step (configs/cifar10-fast.yaml), without weight averaging, which the plain loop lacks
+    fast = yaml.safe_load(FAST_CONFIG.read_text())
+    fast_options = {key: fast[key] for key in ("batch_size", "channels_last", "compile", "augment", "label_smoothing")}
+    cases = [Case("digits", "digits", "cnn", "cpu"), Case("cifar-shaped", cifar, "cnn", "cpu"),
+             Case("cifar-shaped", cifar, "resnet18", "cpu"),
+             Case("cifar-shaped", cifar, fast["model"], "cuda", fast["precision"], **fast_options),
+             Case("cifar-shaped", cifar, "resnet18", "cuda", "bf16")]
+    cases = [case for case in cases if case.device in args.devices]
+    print(f"\n{'data':<14}{'model':<10}{'device':<7}{'prec':<6}{'batch':>6}{'options':>22}{'plain/s':>10}{'full/s':>10}"
+          f"{'ratio':>7}{'selective/s':>13}{'ratio':>7}{'incl. scoring':>15}")
+    for case in cases:
+        bundle = data.load(case.spec)
         plain, full, sel, sel_charged = [], [], [], []
         for r in range(args.rounds):
             torch.manual_seed(r)
-            model = models.build(model_name, bundle.input_shape, bundle.num_outputs, bundle.kind)
-            plain.append(plain_loop(bundle.train.x, bundle.train.y, model, batch_size, 0.1, args.seconds, device,
-                                    precision))
+            model = models.build(case.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
+            plain.append(plain_loop(bundle.train.x, bundle.train.y, model, case, 0.1, args.seconds))
             for strategy, out in (("full", full), ("selective", sel)):
-                # the budget also holds start-up and calibration (seconds for resnet18 on a CPU); only the loop's
-                # own rate is compared
-                cfg = Config(seconds=args.seconds + 15, data=spec, model=model_name, batch_size=batch_size,
-                             strategy=strategy, device=device_name, precision=precision, quiet=True, seed=r,
-                             out=str(tmp / f"{label}-{model_name}-{strategy}-{r}"))
+                # the budget also holds start-up and calibration (seconds for resnet18 on a CPU, or a compilation);
+                # only the loop's own rate is compared
+                cfg = Config(seconds=args.seconds + (45 if case.compile else 15), data=case.spec, strategy=strategy,
+                             quiet=True, seed=r, out=str(tmp / f"{case.label}-{case.model}-{strategy}-{r}"),
+                             **case.config())
                 s = train(cfg).summary
                 out.append(s["samples_per_s"])
                 if strategy == "selective":
                     sel_charged.append(s["samples_trained"] / (s["train_s"] + s["seconds_scoring"]))
         p, f = statistics.median(plain), statistics.median(full)
         s_med, c_med = statistics.median(sel), statistics.median(sel_charged)
-        print(f"{label:<14}{model_name:<10}{device_name:<7}{precision:<6}{p:>10.0f}{f:>10.0f}{f / p:>7.3f}"
-              f"{s_med:>13.0f}{s_med / p:>7.3f}{c_med / p:>15.3f}", flush=True)
+        options = ",".join(name for name, on in (("cl", case.channels_last), ("compile", case.compile),
+                                                 ("aug", case.augment), ("ls", case.label_smoothing)) if on) or "-"
+        print(f"{case.label:<14}{case.model:<10}{case.device:<7}{case.precision:<6}{case.batch_size:>6}{options:>22}"
+              f"{p:>10.0f}{f:>10.0f}{f / p:>7.3f}{s_med:>13.0f}{s_med / p:>7.3f}{c_med / p:>15.3f}", flush=True)
 
 
 def ranking_costs(sizes: list[int], device: torch.device) -> None:

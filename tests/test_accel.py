@@ -1,6 +1,8 @@
 """Precision, memory format and compile options are honoured or refused with a clear error, never ignored."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -89,10 +91,29 @@ def test_bf16_channels_last_run_on_cpu_learns(tmp_path) -> None:
 
 
 @needs_cuda
-@pytest.mark.parametrize("options", [{}, {"precision": "bf16", "channels_last": True}, {"compile": True}])
+@pytest.mark.parametrize("options", [{}, {"precision": "bf16", "channels_last": True}, {"compile": True},
+                                     {"augment": True, "average_from": 0.5, "tta": True}])
 def test_cuda_runs_end_before_the_deadline_and_learn(tmp_path, options: dict) -> None:
     budget = 60 if options.get("compile") else 15
     s = train(Config(seconds=budget, device="cuda", quiet=True, out=str(tmp_path / "r"), **options)).summary
     assert s["device"].startswith("cuda")
     assert s["elapsed_s"] <= budget
     assert s["test_metrics"]["accuracy"] > 0.9
+
+
+@needs_cuda
+def test_cuda_timeline_dates_step_ends_on_the_host_clock_without_draining_the_queue() -> None:
+    """Marks after queued kernels are read back only once the GPU reaches them; ``collect(n)`` returns what has
+    finished without waiting while at most n are unfinished, and ``collect(0)`` waits for all."""
+    timeline = accel.CudaTimeline(time.monotonic, torch.device("cuda"))
+    before = time.monotonic()
+    for _ in range(3):
+        torch.cuda._sleep(100_000_000)  # tens of milliseconds of GPU time per "step"
+        timeline.mark()
+    assert timeline.collect(max_unfinished=3) == []  # the first still runs: nothing finished, no wait
+    ends = timeline.collect(max_unfinished=0)
+    after = time.monotonic()
+    assert len(ends) == 3 and before < ends[0] < ends[1] < ends[2] <= after
+    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    assert max(gaps) < 1.5 * min(gaps)  # equal kernels, equal steps
+    assert timeline.collect(max_unfinished=0) == []

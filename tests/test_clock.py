@@ -1,6 +1,7 @@
 """The budget clock, driven by a fake clock: every decision is checked exactly, nothing sleeps or measures real time."""
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import pytest
@@ -121,34 +122,55 @@ def test_one_hiccup_on_the_first_step_does_not_end_the_run(fake_clock: FakeClock
 
 
 class AsyncDevice:
-    """A CUDA-like device: launching a step costs the host ``launch`` seconds and queues ``work`` seconds of device
-    time; only ``sync`` makes the host wait for the queue. Timing without syncs would see launch times only."""
+    """A CUDA-like device and its timeline: launching a step costs the host ``launch`` seconds and queues ``work``
+    seconds of device time. A step's end is reported once the device has reached it; waiting for one moves the host
+    clock there. Timing the host alone would see launch times only."""
 
     def __init__(self, clock: FakeClock, launch: float, work: float) -> None:
         self.clock, self.launch, self.work = clock, launch, work
         self.busy_until = clock.t
-        self.syncs = 0
+        self.ends: deque[float] = deque()
+        self.most_queued = self.drains = self.waits_with_queue_empty = 0
 
     def step(self) -> float:
-        self.busy_until = max(self.busy_until, self.clock.t) + self.work
+        self.busy_until = max(self.busy_until, self.clock.t + self.launch) + self.work  # runs once launched
         return self.launch
 
-    def sync(self) -> None:
-        self.syncs += 1
-        self.clock.t = max(self.clock.t, self.busy_until)
+    def mark(self) -> None:
+        self.ends.append(self.busy_until)
+        self.most_queued = max(self.most_queued, len(self.ends))
+
+    def collect(self, max_unfinished: int) -> list[float]:
+        self.drains += max_unfinished == 0
+        finished = []
+        while self.ends and (len(self.ends) > max_unfinished or self.ends[0] <= self.clock.t):
+            end = self.ends.popleft()
+            if end > self.clock.t:
+                self.waits_with_queue_empty += not self.ends
+                self.clock.t = end
+            finished.append(end)
+        return finished
 
 
-def test_periodic_sync_on_an_async_device_still_stops_in_time(fake_clock: FakeClock) -> None:
-    """With a sync every 16 steps (not every step), step times are still the device's, and all queued work is done
-    before the window's end."""
-    device = AsyncDevice(fake_clock, launch=0.001, work=0.02)
-    clock = started_clock(fake_clock, budget=100.0, step=0.02, sync=device.sync, sync_every=16)
+@pytest.mark.parametrize(("launch", "work"), [(0.001, 0.02), (0.0001, 0.25), (0.02, 0.001)])
+def test_an_async_device_is_timed_by_step_ends_without_draining_its_queue(
+    fake_clock: FakeClock, launch: float, work: float
+) -> None:
+    """Step times are the device's (or the host's, when launching is slower), the host never waits for an empty
+    queue nor runs more than ``max_lag`` steps ahead, all queued work is done before the window's end, and the run
+    stops with less than one step of the window left idle."""
+    device = AsyncDevice(fake_clock, launch, work)
+    clock = started_clock(fake_clock, budget=30.0, step=max(launch, work), timeline=device)
+    start = fake_clock.t
     steps = train_until_stop(clock, fake_clock, lambda i: device.step())
+    assert device.drains == 0 and device.waits_with_queue_empty == 0
     clock.stop_training()
-    assert device.syncs < steps / 2
-    assert clock.step_estimate() == pytest.approx(0.02)
-    assert fake_clock.t <= clock.window_end + EPS
-    assert clock.train_s == pytest.approx(steps * 0.02)
+    assert device.drains == 1 and fake_clock.t >= device.busy_until
+    assert device.most_queued <= clock.max_lag + 1
+    assert clock.step_estimate() == pytest.approx(max(launch, work))
+    assert clock.window_end - clock.step_estimate() < fake_clock.t <= clock.window_end + EPS
+    assert clock.train_s == pytest.approx(fake_clock.t - start)
+    assert steps == pytest.approx(clock.train_s / max(launch, work), abs=1.5)
 
 
 def test_pause_excludes_an_evaluation_from_step_time_but_not_from_the_budget(fake_clock: FakeClock) -> None:
@@ -177,15 +199,17 @@ def test_no_step_is_started_when_none_fits(fake_clock: FakeClock) -> None:
     assert not roomy.should_stop()
 
 
-def test_stop_training_accounts_steps_not_yet_synced(fake_clock: FakeClock) -> None:
-    """Steps between two syncs still count as training time when training ends between syncs."""
-    syncs: list[float] = []
-    clock = started_clock(fake_clock, budget=100.0, sync=lambda: syncs.append(fake_clock.t), sync_every=8)
+def test_stop_training_waits_for_queued_steps_and_counts_them(fake_clock: FakeClock) -> None:
+    """Steps the device has not finished when training ends are waited for and count as training time."""
+    device = AsyncDevice(fake_clock, launch=0.0, work=0.1)
+    clock = started_clock(fake_clock, budget=100.0, step=0.1, timeline=device)
+    start = fake_clock.t
     for _ in range(3):
-        fake_clock.advance(0.1)
+        fake_clock.advance(device.step())
         assert not clock.step_done()
+    assert fake_clock.t == start
     clock.stop_training()
-    assert syncs == [pytest.approx(fake_clock.t)]
+    assert fake_clock.t == pytest.approx(start + 0.3)
     assert clock.train_s == pytest.approx(0.3)
 
 

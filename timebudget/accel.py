@@ -6,10 +6,12 @@ silently ignored.
 - ``channels_last``: the NHWC memory format that tensor-core convolutions prefer (image models only).
 - ``compile``: ``torch.compile`` of the training module. Compilation happens in the trainer's calibration steps,
   so its cost is measured and charged to the budget and never mistaken for a normal step.
+- :class:`CudaTimeline`: when CUDA finishes each step, from events read without waiting, for the budget clock.
 """
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -77,3 +79,51 @@ def compile_module(model: nn.Module, enabled: bool) -> nn.Module:
         return torch.compile(model, dynamic=False)
     except Exception as exc:  # torch refuses at once on unsupported platforms / Python versions
         raise TimebudgetError(f"compile: torch cannot compile here ({exc}); run without --set compile=true") from None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU, which runs synchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CudaTimeline:
+    """Step ends on the CUDA stream, on the host clock's scale, for :class:`timebudget.clock.BudgetClock`.
+
+    Each mark is a timing event recorded after a step's kernels. Finished events are found with a non-blocking query
+    and dated by their GPU-measured distance from an anchor event whose host time is known (recorded on an idle
+    device), so reading a step's end never drains the queue. The anchor is renewed whenever the queue is drained
+    anyway (``collect(0)``: a pause or the end of training), so GPU and host clocks never drift apart for long.
+    """
+
+    def __init__(self, now: Callable[[], float], device: torch.device) -> None:
+        self.now, self.device = now, device
+        self.unfinished: deque[torch.cuda.Event] = deque()
+        self._anchor()
+
+    def _anchor(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self.anchor = torch.cuda.Event(enable_timing=True)
+        self.anchor.record()
+        self.anchor.synchronize()
+        self.anchor_t = self.now()
+
+    def mark(self) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.unfinished.append(event)
+
+    def collect(self, max_unfinished: int) -> list[float]:
+        ends = []
+        while self.unfinished and (len(self.unfinished) > max_unfinished or self.unfinished[0].query()):
+            event = self.unfinished.popleft()
+            event.synchronize()  # at once when the query said finished; else the wait for the oldest step
+            ends.append(self.anchor_t + self.anchor.elapsed_time(event) / 1000)
+        if max_unfinished == 0:
+            self._anchor()
+        return ends
+
+
+def timeline(device: torch.device, now: Callable[[], float]) -> CudaTimeline | None:
+    """The clock's view of an asynchronous device; ``None`` where steps finish when the host returns (CPU)."""
+    return CudaTimeline(now, device) if device.type == "cuda" else None

@@ -5,7 +5,9 @@ Time runs from ``start`` (the process start for the CLI, so interpreter start-up
 writes, plus a safety margin. Training owns the *window* before it. The learning rate follows the fraction ``p`` of
 the window used so far, and training stops when the next step, predicted from recent steps, would cross into the tail.
 
-The clock is injectable (``now``), so tests drive it with a fake clock; nothing here sleeps or touches torch.
+The clock is injectable (``now``), so tests drive it with a fake clock; nothing here sleeps or touches torch. An
+asynchronous device (CUDA) is timed through a :class:`Timeline` of markers recorded as steps are launched and read
+back, a few steps late, when the device has finished them: the host never waits for an empty queue.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 
 def process_start_time(now: Callable[[], float] = time.monotonic) -> float:
@@ -31,15 +34,27 @@ def process_start_time(now: Callable[[], float] = time.monotonic) -> float:
 _IMPORTED_AT = time.monotonic()
 
 
+class Timeline(Protocol):
+    """When an asynchronous device finishes the steps the host has launched (CUDA events, in ``accel``)."""
+
+    def mark(self) -> None:
+        """Record the end of the step just launched."""
+
+    def collect(self, max_unfinished: int) -> list[float]:
+        """The finish times (on the clock's scale) of the marks finished since the last call, oldest first; waits
+        only while more than ``max_unfinished`` marks are unfinished, so ``collect(0)`` waits for all of them."""
+
+
 class BudgetClock:
     """Deadline bookkeeping for one run.
 
     ``tail_s`` is the measured cost of what must happen after training (evaluation, saves); it is refreshed by
     :meth:`measure_tail` whenever a real measurement is available. ``margin_s`` absorbs process exit and jitter.
-    Step times are measured between consecutive :meth:`step_done` calls, so data loading and any per-epoch work
-    are counted. ``sync`` (e.g. ``torch.cuda.synchronize``) is called only when a measurement needs it: every
-    ``sync_every`` steps, and every step once the deadline is near, so asynchronous devices are timed truthfully
-    without a sync per step.
+    Step times are measured between consecutive step ends, so data loading and any per-epoch work are counted. On an
+    asynchronous device (``timeline`` given) a step ends when the device finishes it: the clock reads the finish
+    times of past steps without waiting, lets at most ``max_lag`` steps be unfinished (the host waits for the oldest
+    beyond that, while the device still has the others queued), and predicts the next step's end from the queued
+    work, so it is timed truthfully without a sync per step, or any sync at all until training pauses or ends.
     """
 
     def __init__(
@@ -49,8 +64,8 @@ class BudgetClock:
         now: Callable[[], float] = time.monotonic,
         margin_s: float = 0.05,
         tail_factor: float = 1.1,
-        sync: Callable[[], None] | None = None,
-        sync_every: int = 1,
+        timeline: Timeline | None = None,
+        max_lag: int = 4,
         window: int = 32,
     ) -> None:
         self.budget_s = float(budget_s)
@@ -59,8 +74,8 @@ class BudgetClock:
         self.deadline = self.start + self.budget_s
         self.margin_s = margin_s
         self.tail_factor = tail_factor
-        self.sync = sync
-        self.sync_every = max(1, sync_every)
+        self.timeline = timeline
+        self.max_lag = max(1, max_lag)
         self.tail_s = 0.0
         self.reference_step: float | None = None
         self._median = self._latest = self._estimate = 0.0
@@ -70,7 +85,7 @@ class BudgetClock:
         self.paused_s = 0.0
         self._window_start: float | None = None
         self._last: float | None = None
-        self._pending = 0
+        self._unfinished = 0
 
     # --- the tail --------------------------------------------------------------------------------------------
     def measure_tail(self, seconds: float) -> None:
@@ -124,10 +139,9 @@ class BudgetClock:
         (so a sudden slowdown, e.g. a competing process, is believed at once), and the recent 90th percentile."""
         return self._estimate
 
-    def _observe(self, per_step: float, count: int = 1) -> None:
-        """Add step durations and refresh the cached statistics (once per measurement, not per query)."""
-        for _ in range(min(count, self.recent.maxlen or 1)):
-            self.recent.append(per_step)
+    def _observe(self, seconds: float) -> None:
+        """Add one step's duration and refresh the cached statistics (once per measurement, not per query)."""
+        self.recent.append(seconds)
         ordered = sorted(self.recent)
         self._median = statistics.median(ordered)
         self._latest = statistics.median(list(self.recent)[-3:])
@@ -140,32 +154,40 @@ class BudgetClock:
         self._observe(float(seconds))
         self.reference_step = float(seconds)
 
-    def near_deadline(self) -> bool:
-        return self.window_end - self.now() < 20 * max(self.step_estimate(), 1e-3) * self.sync_every
-
     def step_done(self) -> bool:
-        """Account one finished step; return True when another step would not fit before the tail."""
-        self._pending += 1
+        """Account one launched step; return True when another step would not fit before the tail."""
         self.steps += 1
-        if self._pending < self.sync_every and not self.near_deadline():
-            return False
-        return self._settle() + self.step_estimate() > self.window_end
+        if self.timeline is None:
+            return self._finished([self.now()]) + self.step_estimate() > self.window_end
+        self.timeline.mark()
+        self._unfinished += 1
+        self._finished(self.timeline.collect(self.max_lag))
+        return self.should_stop()
+
+    def _finished(self, ends: list[float]) -> float:
+        """Account steps that ended at ``ends`` (each step runs from the previous end); return the last end."""
+        for end in ends:
+            if self._last is not None:
+                self._observe(end - self._last)
+                self.train_s += end - self._last
+            self._last = end
+        if self.timeline is not None:
+            self._unfinished -= len(ends)
+        return self._last if self._last is not None else self.now()
 
     def _settle(self) -> float:
-        """Wait for the device (if steps are pending), account the pending steps' time, and return the time now."""
-        if self._pending and self.sync is not None:
-            self.sync()
-        t = self.now()
-        if self._pending and self._last is not None:
-            self._observe((t - self._last) / self._pending, self._pending)
-            self.train_s += t - self._last
-            self._last = t
-            self._pending = 0
-        return t
+        """Wait for the device to finish its queued work, account the steps among it, and return the time now."""
+        if self.timeline is not None:
+            self._finished(self.timeline.collect(0))
+        return self.now()
 
     def should_stop(self) -> bool:
-        """True when the next step would not fit (checked without accounting a step, e.g. at an epoch boundary)."""
-        return self.now() + self.step_estimate() > self.window_end
+        """True when the next step would not fit: it ends one step after the host launches it or after the device
+        has worked through the steps still queued, whichever is later."""
+        start = self.now()
+        if self._unfinished and self._last is not None:
+            start = max(start, self._last + self._unfinished * self.step_estimate())
+        return start + self.step_estimate() > self.window_end
 
     def pause(self) -> Callable[[], None]:
         """Exclude a span (periodic evaluation, a save) from step timing; it still counts against the budget.

@@ -6,9 +6,9 @@ records every per-sample loss. Before training starts, a calibration measures on
 partial evaluation and a checkpoint serialisation, so the tail is reserved from measurements and a budget that cannot
 fit is refused before anything is written.
 
-Per step the loop does no host-device synchronisation (losses stay on the device; the clock syncs only every few
-steps on CUDA) and no work that grows with the data set: losses go into one per-epoch buffer that is written to the
-score table with one vectorised scatter when the epoch ends.
+Per step the loop does no host-device synchronisation and no work that grows with the data set: losses stay on the
+device, in one per-epoch buffer written to the score table with one vectorised scatter when the epoch ends; on CUDA
+the clock reads step ends from events a few steps late, and a logged loss is read one record late.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import accel, artifacts, augment, config as config_module, data, models, sampler, schedules, strategies
+from .averaging import EMA
 from .batches import Batches
 from .clock import BudgetClock
 from .config import Config
@@ -38,7 +38,6 @@ from .errors import BudgetTooSmall, TimebudgetError, first_line
 from .scores import ScoreTable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-_CUDA_SYNC_EVERY = 16  # on an asynchronous device, time groups of steps; the clock syncs every step near the end
 
 
 @dataclass
@@ -216,15 +215,15 @@ class _Run:
         self.eval_batch = max(256, 4 * config.batch_size)
         self.n = len(self.train_batches)
         self.order_gen = torch.Generator().manual_seed(config.seed)
-        self.aug_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.aug_gen = torch.Generator(device).manual_seed(config.seed + 1)  # on the device: no copy per step
         self.scores = ScoreTable(self.n, device=device)
         self.strategy = strategies.build(config, bundle.task)
         self.schedule = schedules.TimeSchedule(
             self.optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
         )
-        self.averaged: AveragedModel | None = None
-        clock.sync = torch.cuda.synchronize if device.type == "cuda" else None
-        clock.sync_every = _CUDA_SYNC_EVERY if device.type == "cuda" else 1
+        self.averaged: EMA | None = None
+        self.pending_step: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
+        clock.timeline = accel.timeline(device, clock.now)
         self.drop_partial = config.compile or device.type == "cuda"  # one batch shape: no recompiles, no re-tuning
         self.steps = self.epochs = self.samples = 0
         self.seconds_scoring = 0.0
@@ -296,8 +295,7 @@ class _Run:
                     f"{what} failed for model {config.model!r} on a batch of shape {tuple(px.shape)}: "
                     f"{type(exc).__name__}: {first_line(exc)}"
                 ) from None
-            if clock.sync:
-                clock.sync()
+            accel.synchronize(self.device)
             self.step_times.append(now() - t0)
         self.model.load_state_dict(state)
         self.optimizer.state.clear()
@@ -363,13 +361,14 @@ class _Run:
                 self.samples += len(idx)
                 if p >= average_from:
                     if self.averaged is None:
-                        self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
-                                                      use_buffers=True)
-                    self.averaged.update_parameters(self.model)
+                        self.averaged = EMA(self.model, config.ema_decay)
+                    else:
+                        self.averaged.update()
                 if self.steps % config.log_every == 0:
                     loss_value = self.log_step(lr, epoch_losses[logged:done])
                     logged = done
-                    bar.update(clock.elapsed(), lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
+                    if loss_value is not None:
+                        bar.update(clock.elapsed(), lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
                 if clock.step_done():
                     stop = True
                     break
@@ -388,6 +387,7 @@ class _Run:
             self.seconds_scoring += now() - t0
             if done > logged:
                 self.log_step(self.schedule.lr, epoch_losses[logged:done])
+            self.write_step_log()
             self.epochs += 1
             self.log.flush()
             stop = stop or clock.should_stop()
@@ -422,12 +422,32 @@ class _Run:
         self.log.write(record)
         return order, chunks, weights
 
-    def log_step(self, lr: float, losses: torch.Tensor) -> float:
-        """Write a step record to metrics.jsonl with the mean of ``losses`` (the steps since the last record)."""
-        loss = float(losses.mean())
-        self.log.write({"event": "step", "step": self.steps, "epoch": self.epochs,
-                        "time": round(self.clock.elapsed(), 4), "lr": lr, "loss": loss, "samples": self.samples})
-        return loss
+    def log_step(self, lr: float, losses: torch.Tensor) -> float | None:
+        """Make a step record with the mean of ``losses`` (the steps since the last record). Its loss is copied to
+        the host without waiting and read at the next record, long arrived by then, which is when the record is
+        written; returns that earlier record's loss (for the progress bar), ``None`` at the first."""
+        mean = losses.mean()
+        value = mean.to("cpu", non_blocking=True)
+        arrived = torch.cuda.Event() if mean.is_cuda else None
+        if arrived is not None:
+            arrived.record()
+        previous = self.write_step_log()
+        self.pending_step = ({"event": "step", "step": self.steps, "epoch": self.epochs,
+                              "time": round(self.clock.elapsed(), 4), "lr": lr, "samples": self.samples},
+                             value, arrived)
+        return previous
+
+    def write_step_log(self) -> float | None:
+        """Write the step record waiting for its loss, if any; return that loss."""
+        if self.pending_step is None:
+            return None
+        record, value, arrived = self.pending_step
+        if arrived is not None:
+            arrived.synchronize()
+        self.pending_step = None
+        record["loss"] = float(value)
+        self.log.write(record)
+        return record["loss"]
 
     @torch.no_grad()
     def refresh(self, index: torch.Tensor) -> None:
@@ -450,6 +470,7 @@ class _Run:
         if clock.now() + clock.tail_s + clock.step_estimate() > clock.window_end:
             return None
         resume = clock.pause()
+        self.write_step_log()  # after the pause's sync: free, and the records stay in order
         t0 = clock.now()
         metrics = self.test_metrics()
         eval_s = clock.now() - t0
