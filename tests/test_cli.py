@@ -22,6 +22,9 @@ from timebudget import cli, config, data, models
 from timebudget.errors import TimebudgetError
 
 from conftest import SLACK_S, CliResult, check_summary, load_checkpoint, run_timebudget, step_records
+from test_data import write_cifar10
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 BUDGET = 10.0
 
@@ -185,3 +188,21 @@ def test_checkpoint_holds_the_evaluated_model(cli_run: Run) -> None:
     with torch.no_grad():
         accuracy = float((model.eval()(bundle.test.x).argmax(1) == bundle.test.y).float().mean())
     assert accuracy == pytest.approx(summary["test_metrics"]["accuracy"], abs=0.01)
+
+
+def test_fast_cifar_config_trains_on_cifar10_files(cli_main, tmp_path: Path) -> None:
+    """``configs/cifar10-fast.yaml`` as its usage line says, on CIFAR-10 files in the real on-disk format: every trick
+    it switches on runs (crop/flip, label smoothing, weight averaging, test-time flips), and the run ends in time.
+    Compilation and bf16 are switched off here: a 2-core CPU would spend the budget compiling."""
+    write_cifar10(tmp_path / "data")
+    out = tmp_path / "run"
+    result = cli_main("train", "--seconds", "15", "--config", str(CONFIGS / "cifar10-fast.yaml"),
+                      "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet",
+                      "--set", "compile=false", "--set", "precision=fp32")
+    assert result.code == 0, result.lines
+    summary = check_summary(out, 15.0)
+    assert (summary["data"], summary["model"], summary["n_train"], summary["n_test"]) == ("cifar10", "airnet", 20, 10)
+    assert summary["weights_averaged"]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["augment"], saved["tta"], saved["label_smoothing"], saved["average_from"]) == (True, True, 0.2, 0.75)
+    assert step_records(out, summary)[-1]["lr"] < 0.4 * 0.05  # decayed to near zero at the window's end
