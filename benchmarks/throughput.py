@@ -149,6 +149,10 @@ def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
                                                  ("aug", case.augment), ("ls", case.label_smoothing)) if on) or "-"
         print(f"{case.label:<14}{case.model:<10}{case.device:<7}{case.precision:<6}{case.batch_size:>6}{options:>22}"
               f"{p:>10.0f}{f:>10.0f}{f / p:>7.3f}{s_med:>13.0f}{s_med / p:>7.3f}{c_med / p:>15.3f}", flush=True)
+        if args.rounds > 1:  # the spread tells how much of a ratio is the machine's noise
+            print("    per round, samples/s: " + "; ".join(
+                f"{name} {' '.join(f'{v:.0f}' for v in values)}"
+                for name, values in (("plain", plain), ("full", full), ("selective", sel))), flush=True)
 
 
 def ranking_costs(sizes: list[int], device: torch.device) -> None:

@@ -245,6 +245,14 @@ def test_imagefolder_with_train_and_test_folders_keeps_them(tmp_path: Path, test
     assert bundle.num_outputs == 2
 
 
+def test_imagefolder_with_a_test_folder_but_no_train_folder_is_refused(tmp_path: Path) -> None:
+    """Else ``test/`` would silently become one more class of the training set."""
+    write_pngs(tmp_path, per_class=3)
+    write_pngs(tmp_path / "test", per_class=2)
+    with pytest.raises(TimebudgetError, match="has test/ but no train/.*expected layout"):
+        data.load("imagefolder", str(tmp_path))
+
+
 def test_imagefolder_of_loose_images_names_the_layout(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8), RED).save(tmp_path / "a.png")
     with pytest.raises(TimebudgetError, match="no class sub-folders with images; expected DIR/<class>/<image files>"):
@@ -305,19 +313,22 @@ def test_npz_tabular_is_standardised_with_training_statistics(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("shape", "dtype", "input_shape"),
-    [((20, 6, 5), np.float32, (1, 6, 5)), ((20, 2, 6, 5), np.float64, (2, 6, 5)), ((20, 6, 5, 2), np.uint8, (2, 6, 5))],
-    ids=["NHW", "NCHW-float", "NHWC-uint8"],
+    [((20, 6, 5), np.float32, (1, 6, 5)), ((20, 2, 6, 5), np.float64, (2, 6, 5)), ((20, 6, 5, 2), np.uint8, (2, 6, 5)),
+     ((20, 3, 6, 5), np.uint8, (3, 6, 5)), ((20, 6, 5, 3), np.float32, (3, 6, 5))],
+    ids=["NHW", "NCHW-float", "NHWC-uint8", "NCHW-uint8", "NHWC-float"],
 )
 def test_npz_images_become_nchw(
     tmp_path: Path, shape: tuple[int, ...], dtype: type, input_shape: tuple[int, ...]
 ) -> None:
     """Each image layout ends as (C, H, W) with its axes intact: a gradient written down the rows stays down the
-    rows, one written across the columns stays across them, whatever layout the file uses."""
+    rows, one written across the columns stays across them, whatever layout the file uses. The channel axis is the
+    one of size 1, 3 or 4; only when the shape does not tell does the dtype's convention decide."""
     n, (channels, height, width) = shape[0], input_shape
     nchw = np.zeros((n, channels, height, width))
     nchw += 10 * np.arange(height)[:, None] + labels(n)[:, None, None, None]
     nchw[:, -1] = 10 * np.arange(width)[None, :] + labels(n)[:, None, None]
-    x = (nchw.transpose(0, 2, 3, 1) if dtype is np.uint8 else nchw.reshape(shape)).astype(dtype)
+    x = (nchw.reshape(shape) if len(shape) == 3 or shape[1:] == input_shape else nchw.transpose(0, 2, 3, 1))
+    x = x.astype(dtype)
     path = write_npz(tmp_path / "img.npz", x_train=x, y_train=labels(n), x_test=x[:5], y_test=labels(5))
     bundle = data.load(path)
     assert described(bundle) == ("classification", "image", 3, input_shape)

@@ -98,19 +98,20 @@ class CudaTimeline:
 
     def __init__(self, now: Callable[[], float], device: torch.device) -> None:
         self.now, self.device = now, device
+        self.stream = torch.cuda.current_stream(device)  # the one the training step's kernels are queued on
         self.unfinished: deque[torch.cuda.Event] = deque()
         self._anchor()
 
     def _anchor(self) -> None:
         torch.cuda.synchronize(self.device)
         self.anchor = torch.cuda.Event(enable_timing=True)
-        self.anchor.record()
+        self.anchor.record(self.stream)
         self.anchor.synchronize()
         self.anchor_t = self.now()
 
     def mark(self) -> None:
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(self.stream)
         self.unfinished.append(event)
 
     def collect(self, max_unfinished: int) -> list[float]:

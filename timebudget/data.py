@@ -77,6 +77,15 @@ def _images(x: np.ndarray, layout: str) -> torch.Tensor:
     return t.float().div_(255.0) if x.dtype == np.uint8 else t.float()
 
 
+def _channel_layout(x: np.ndarray) -> str:
+    """Where the channels are: the axis (1 or 3) of size 1, 3 or 4 when only one of them is; when the shape does not
+    tell, the usual convention of the dtype (uint8 images are stored (N, H, W, C), float arrays (N, C, H, W))."""
+    first, last = x.shape[1] in (1, 3, 4), x.shape[3] in (1, 3, 4)
+    if first != last:
+        return "NCHW" if first else "NHWC"
+    return "NHWC" if x.dtype == np.uint8 else "NCHW"
+
+
 def from_arrays(
     name: str,
     x_train: np.ndarray,
@@ -101,11 +110,11 @@ def from_arrays(
     elif ndim == 3:
         kind, layout = "image", "NHW"
     elif ndim == 4:
-        kind, layout = "image", ("NHWC" if x_train.dtype == np.uint8 else "NCHW")
+        kind, layout = "image", _channel_layout(x_train)
     else:
         raise TimebudgetError(
-            f"{name}: x must be (N, F) tabular, (N, H, W) one-channel images, (N, C, H, W) float or "
-            f"(N, H, W, C) uint8 images; got shape {x_train.shape}"
+            f"{name}: x must be (N, F) tabular, (N, H, W) one-channel images, or (N, C, H, W) or (N, H, W, C) images; "
+            f"got shape {x_train.shape}"
         )
     if kind == "tabular":
         xtr, xte = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(x_test, dtype=torch.float32)
@@ -244,7 +253,10 @@ def imagefolder(data_dir: str | None, image_size: int = 32) -> DataBundle:
     layout = "DIR/<class>/<image files>, or DIR/train/<class>/... with DIR/test/<class>/... (or DIR/val/)"
     root = _need_dir("imagefolder", data_dir, layout)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    train_dir = root / "train" if test_dir is not None and (root / "train").is_dir() else root
+    if test_dir is not None and not (root / "train").is_dir():
+        raise TimebudgetError(f"--data imagefolder: {root} has {test_dir.name}/ but no train/ (a class folder cannot be "
+                              f"named {test_dir.name!r}); expected layout: {layout}")
+    train_dir = root / "train" if test_dir is not None else root
     tf = transforms.Compose(
         [
             transforms.Resize(image_size),
