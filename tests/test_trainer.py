@@ -21,12 +21,12 @@ import torch
 import yaml
 
 from timebudget import config as config_module
-from timebudget import models
+from timebudget import models, trainer
 from timebudget.config import Config
 from timebudget.errors import BudgetTooSmall
 from timebudget.trainer import TrainResult, per_sample_loss, train
 
-from conftest import check_summary, load_checkpoint, step_records
+from conftest import FakeClock, check_summary, load_checkpoint, step_records
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -243,3 +243,26 @@ def test_too_small_a_budget_names_the_minimum_and_writes_nothing(tmp_path: Path)
 def test_budget_spent_by_start_up_still_names_the_minimum(tmp_path: Path) -> None:
     with pytest.raises(BudgetTooSmall, match=r"minimum .*\d+ s"):
         train(Config(seconds=1.0, out=str(tmp_path / "run"), quiet=True), start=time.monotonic() - 2.0)
+
+
+def test_tail_probe_retimes_only_when_the_load_changes_and_reports_the_evaluations_own_slowdown(
+    fake_clock: FakeClock,
+) -> None:
+    """The probe is timed at calibration (median of three); a step slowdown within the hysteresis is no change; a
+    larger one re-times the probe and returns how much slower the evaluation became, at least 1; with no room to
+    re-time, the steps' slowdown is assumed."""
+    cost = [0.1]
+
+    def probe() -> None:
+        fake_clock.advance(cost[0])
+
+    tail = trainer._TailProbe(probe, fake_clock, hysteresis=1.5)
+    assert tail.reference == pytest.approx(0.1)
+    assert not tail.load_changed(1.4) and tail.load_changed(1.6) and tail.load_changed(0.6)
+    cost[0] = 0.25  # the evaluation slows 2.5x while the steps slowed 10x
+    assert tail.cost(10.0) == pytest.approx(3.0)
+    assert tail.retime(10.0) == pytest.approx(2.5)
+    assert not tail.load_changed(12.0) and tail.load_changed(1.0)  # judged against the last probe's slowdown
+    cost[0] = 0.05
+    assert tail.retime(1.0) == 1.0  # faster than at calibration: the calibrated tail stands
+    assert tail.assume(4.0) == 4.0

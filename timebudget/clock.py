@@ -77,6 +77,7 @@ class BudgetClock:
         self.timeline = timeline
         self.max_lag = max(1, max_lag)
         self.tail_s = 0.0
+        self.load = 1.0
         self.reference_step: float | None = None
         self._median = self._latest = self._estimate = 0.0
         self.recent: deque[float] = deque(maxlen=window)
@@ -88,9 +89,13 @@ class BudgetClock:
         self._unfinished = 0
 
     # --- the tail --------------------------------------------------------------------------------------------
-    def measure_tail(self, seconds: float) -> None:
-        """Record the predicted cost of evaluation + checkpoint + summary, measured by the trainer."""
+    def measure_tail(self, seconds: float, load: float | None = None) -> None:
+        """Record the predicted cost of evaluation + checkpoint + summary, measured by the trainer. ``load``, when
+        known, is how many times slower than at calibration the machine now runs that tail (a competing process):
+        the margin for process exit and jitter, which slow down alike, is scaled by it."""
         self.tail_s = max(0.0, float(seconds))
+        if load is not None:
+            self.load = max(1.0, float(load))
 
     def slowdown(self) -> float:
         """How much slower the last three steps ran (their median) than the calibration step. When it changes a lot,
@@ -104,7 +109,7 @@ class BudgetClock:
     @property
     def reserve_s(self) -> float:
         """Seconds kept free at the end of the budget."""
-        return self.tail_s * self.tail_factor + self.margin_s
+        return self.tail_s * self.tail_factor + self.margin_s * self.load
 
     @property
     def window_end(self) -> float:

@@ -489,7 +489,7 @@ class _Run:
             resume()
         else:
             scale = probe.assume(slowdown)
-        clock.measure_tail((self.eval_s + self.save_s) * scale + 0.01)
+        clock.measure_tail((self.eval_s + self.save_s) * scale + 0.01, load=scale)
 
     # --- the tail: final evaluation, checkpoint, scores, summary ----------------------------------------------
     def finish(self) -> TrainResult:
