@@ -16,9 +16,11 @@ import contextlib
 import dataclasses
 import math
 import platform
+import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -481,15 +483,21 @@ class _Run:
         return record
 
     def retime_tail(self, slowdown: float) -> None:
-        """The load changed: re-time the tail with the probe if it fits before the tail, else assume the worst."""
+        """The load changed: re-time the tail with the probe if it fits before the tail and in its share of the time,
+        else assume the worst."""
         clock, probe = self.clock, self.tail_probe
-        if clock.now() + probe.cost(slowdown) < clock.window_end - clock.step_estimate():
+        retimed = (clock.now() + probe.cost(slowdown) < clock.window_end - clock.step_estimate()
+                   and probe.affordable(clock.elapsed(), slowdown))
+        if retimed:
             resume = clock.pause()
             scale = probe.retime(slowdown)
             resume()
         else:
             scale = probe.assume(slowdown)
         clock.measure_tail((self.eval_s + self.save_s) * scale + 0.01, load=scale)
+        self.log.write({"event": "load", "step": self.steps, "time": round(clock.elapsed(), 4),
+                        "step_slowdown": round(slowdown, 3), "tail_scale": round(scale, 3), "retimed": retimed,
+                        "reserve_s": round(clock.reserve_s, 4)})
 
     # --- the tail: final evaluation, checkpoint, scores, summary ----------------------------------------------
     def finish(self) -> TrainResult:
@@ -543,14 +551,21 @@ class _TailProbe:
     A one-batch evaluation is timed at calibration (median of three); when the steps' slowdown moves by more than
     ``hysteresis`` since the last probe, the same batch is timed again and the tail estimate is scaled by the
     evaluation's own slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far
-    more from competing threads than the evaluation does. When the probe itself would not fit before the tail, the
-    steps' slowdown is assumed instead (cautious: the run ends early rather than late).
+    more from competing threads than the evaluation does, and so the steps' slowdown bounds the scale. When the probe
+    would not fit before the tail, or probing has had its ``share`` of the elapsed time, the steps' slowdown is
+    assumed instead (cautious: the run ends early rather than late). The scale used is the median of the last three,
+    so one probe or step caught by the scheduler (a 30x outlier is common with busy-loop competitors on 2 cores)
+    neither ends the run seconds early nor lets it overshoot.
     """
 
-    def __init__(self, probe: Callable[[], object], now: Callable[[], float], hysteresis: float = 1.5) -> None:
-        self.probe, self.now, self.hysteresis = probe, now, hysteresis
+    def __init__(
+        self, probe: Callable[[], object], now: Callable[[], float], hysteresis: float = 1.5, share: float = 0.02
+    ) -> None:
+        self.probe, self.now, self.hysteresis, self.share = probe, now, hysteresis, share
         self.reference = self._time()
         self.at_slowdown = 1.0
+        self.spent = 0.0
+        self.scales: deque[float] = deque([1.0], maxlen=3)
 
     def _time(self) -> float:
         times = []
@@ -564,16 +579,27 @@ class _TailProbe:
         ratio = slowdown / self.at_slowdown
         return ratio > self.hysteresis or ratio < 1 / self.hysteresis
 
+    def affordable(self, elapsed: float, slowdown: float) -> bool:
+        """Whether probing now keeps the time spent probing within ``share`` of ``elapsed``."""
+        return self.spent + self.cost(slowdown) <= self.share * elapsed
+
     def cost(self, slowdown: float) -> float:
         """The predicted cost of :meth:`retime` under this slowdown."""
         return 3 * self.reference * max(1.0, slowdown)
 
     def retime(self, slowdown: float) -> float:
-        """Time the probe again; return the evaluation's slowdown relative to calibration (at least 1)."""
-        self.at_slowdown = slowdown
-        return max(1.0, self._time() / self.reference)
+        """Time the probe again; return the tail's scale: the evaluation's slowdown relative to calibration, between 1
+        and the steps' slowdown, as the median of the last three."""
+        t0 = self.now()
+        measured = self._time() / self.reference
+        self.spent += self.now() - t0
+        return self._scale(slowdown, min(measured, slowdown))
 
     def assume(self, slowdown: float) -> float:
-        """No time left to re-time: assume the tail slows down as much as the steps did (cautious)."""
+        """No time to re-time: assume the tail slows down as much as the steps did (cautious)."""
+        return self._scale(slowdown, slowdown)
+
+    def _scale(self, slowdown: float, scale: float) -> float:
         self.at_slowdown = slowdown
-        return max(1.0, slowdown)
+        self.scales.append(max(1.0, scale))
+        return statistics.median(self.scales)
