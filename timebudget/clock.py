@@ -34,6 +34,11 @@ def process_start_time(now: Callable[[], float] = time.monotonic) -> float:
 _IMPORTED_AT = time.monotonic()
 
 
+# Process exit under a competing load took 2-3x its unloaded time on a 2-core CPU, however slow the steps became: the
+# margin grows with the measured load up to this factor.
+MAX_MARGIN_LOAD = 2.0
+
+
 class Timeline(Protocol):
     """When an asynchronous device finishes the steps the host has launched (CUDA events, in ``accel``)."""
 
@@ -92,7 +97,7 @@ class BudgetClock:
     def measure_tail(self, seconds: float, load: float | None = None) -> None:
         """Record the predicted cost of evaluation + checkpoint + summary, measured by the trainer. ``load``, when
         known, is how many times slower than at calibration the machine now runs that tail (a competing process):
-        the margin for process exit and jitter, which slow down alike, is scaled by it."""
+        the margin for process exit and jitter is scaled by it, up to ``MAX_MARGIN_LOAD``."""
         self.tail_s = max(0.0, float(seconds))
         if load is not None:
             self.load = max(1.0, float(load))
@@ -109,7 +114,7 @@ class BudgetClock:
     @property
     def reserve_s(self) -> float:
         """Seconds kept free at the end of the budget."""
-        return self.tail_s * self.tail_factor + self.margin_s * self.load
+        return self.tail_s * self.tail_factor + self.margin_s * min(self.load, MAX_MARGIN_LOAD)
 
     @property
     def window_end(self) -> float:

@@ -483,17 +483,19 @@ class _Run:
         return record
 
     def retime_tail(self, slowdown: float) -> None:
-        """The load changed: re-time the tail with the probe if it fits before the tail and in its share of the time,
-        else assume the worst."""
+        """The load changed: re-time the tail with the probe if it fits before the tail and in its share of the time;
+        when it does not fit, assume the worst."""
         clock, probe = self.clock, self.tail_probe
-        retimed = (clock.now() + probe.cost(slowdown) < clock.window_end - clock.step_estimate()
-                   and probe.affordable(clock.elapsed(), slowdown))
+        fits = clock.now() + probe.cost(slowdown) < clock.window_end - clock.step_estimate()
+        retimed = fits and probe.affordable(clock.elapsed(), slowdown)
         if retimed:
             resume = clock.pause()
             scale = probe.retime(slowdown)
             resume()
-        else:
+        elif not fits:
             scale = probe.assume(slowdown)
+        else:
+            return  # probing has had its share of the time: the last scale stands until the next change
         clock.measure_tail((self.eval_s + self.save_s) * scale + 0.01, load=scale)
         self.log.write({"event": "load", "step": self.steps, "time": round(clock.elapsed(), 4),
                         "step_slowdown": round(slowdown, 3), "tail_scale": round(scale, 3), "retimed": retimed,
