@@ -16,11 +16,9 @@ import contextlib
 import dataclasses
 import math
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -483,8 +481,8 @@ class _Run:
         return record
 
     def retime_tail(self, slowdown: float) -> None:
-        """The load changed: re-time the tail with the probe if it fits before the tail and in its share of the time;
-        when it does not fit, assume the worst."""
+        """The load changed: re-time the tail with the probe if it fits before the tail and in its share of the time,
+        else assume the worst."""
         clock, probe = self.clock, self.tail_probe
         fits = clock.now() + probe.cost(slowdown) < clock.window_end - clock.step_estimate()
         retimed = fits and probe.affordable(clock.elapsed(), slowdown)
@@ -492,10 +490,8 @@ class _Run:
             resume = clock.pause()
             scale = probe.retime(slowdown)
             resume()
-        elif not fits:
-            scale = probe.assume(slowdown)
         else:
-            return  # probing has had its share of the time: the last scale stands until the next change
+            scale = probe.assume(slowdown)
         clock.measure_tail((self.eval_s + self.save_s) * scale + 0.01, load=scale)
         self.log.write({"event": "load", "step": self.steps, "time": round(clock.elapsed(), 4),
                         "step_slowdown": round(slowdown, 3), "tail_scale": round(scale, 3), "retimed": retimed,
@@ -555,9 +551,9 @@ class _TailProbe:
     evaluation's own slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far
     more from competing threads than the evaluation does, and so the steps' slowdown bounds the scale. When the probe
     would not fit before the tail, or probing has had its ``share`` of the elapsed time, the steps' slowdown is
-    assumed instead (cautious: the run ends early rather than late). The scale used is the median of the last three,
-    so one probe or step caught by the scheduler (a 30x outlier is common with busy-loop competitors on 2 cores)
-    neither ends the run seconds early nor lets it overshoot.
+    assumed instead (cautious: the run ends early rather than late). The bound matters under busy-loop competitors on
+    2 cores, where one probe in a few is caught by the scheduler and reads 30x while the steps run at their usual
+    speed: taken as is, it reserved seconds and ended a run that early.
     """
 
     def __init__(
@@ -567,7 +563,6 @@ class _TailProbe:
         self.reference = self._time()
         self.at_slowdown = 1.0
         self.spent = 0.0
-        self.scales: deque[float] = deque([1.0], maxlen=3)
 
     def _time(self) -> float:
         times = []
@@ -591,7 +586,7 @@ class _TailProbe:
 
     def retime(self, slowdown: float) -> float:
         """Time the probe again; return the tail's scale: the evaluation's slowdown relative to calibration, between 1
-        and the steps' slowdown, as the median of the last three."""
+        and the steps' slowdown."""
         t0 = self.now()
         measured = self._time() / self.reference
         self.spent += self.now() - t0
@@ -603,5 +598,4 @@ class _TailProbe:
 
     def _scale(self, slowdown: float, scale: float) -> float:
         self.at_slowdown = slowdown
-        self.scales.append(max(1.0, scale))
-        return statistics.median(self.scales)
+        return max(1.0, scale)
