@@ -9,13 +9,14 @@ scoring time too.
 
 Part 2 times one epoch plan (ranking plus subset building) of each selection strategy on a score table of N samples.
 
-    python benchmarks/throughput.py                 # CPU cases, 15 s per run, 2 rounds
+    python benchmarks/throughput.py                 # CPU cases, 6 s per run, 8 rounds
     python benchmarks/throughput.py --quick         # smoke run
     python benchmarks/throughput.py --devices cuda  # the CUDA cases: the fast config's step, resnet18 in bf16
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -31,6 +32,7 @@ import yaml
 
 from timebudget import augment, data, models, strategies
 from timebudget.config import Config
+from timebudget.errors import BudgetTooSmall
 from timebudget.scores import ScoreTable
 from timebudget.trainer import train
 
@@ -120,11 +122,13 @@ def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
              Case("cifar-shaped", cifar, fast["model"], "cuda", fast["precision"], **fast_options),
              Case("cifar-shaped", cifar, "resnet18", "cuda", "bf16")]
     cases = [case for case in cases if case.device in args.devices and (not args.models or case.model in args.models)]
-    print(f"\n{'data':<14}{'model':<10}{'device':<7}{'prec':<6}{'batch':>6}{'options':>22}{'plain/s':>10}{'full/s':>10}"
-          f"{'ratio':>7}{'selective/s':>13}{'ratio':>7}{'incl. scoring':>15}")
+    print("\nRatios are the median over rounds of the ratio to the plain loop in the same round, [interquartile range]")
+    print(f"{'data':<14}{'model':<10}{'device':<7}{'prec':<6}{'batch':>6}{'options':>22}{'plain/s':>10}{'full/s':>10}"
+          f"{'ratio':>20}{'selective/s':>13}{'ratio':>20}{'incl. scoring':>20}")
     for case in cases:
         bundle = data.load(case.spec)
-        plain, full, sel, sel_charged = [], [], [], []
+        rates: dict[str, list[float]] = {"plain": [], "full": [], "selective": [], "charged": []}
+        extra = 45.0 if case.compile else 15.0
         for r in range(args.rounds):
             # odd rounds run in reverse order (plain, full, selective; then selective, full, plain): a machine that
             # drifts slower or faster during the benchmark then favours no side
@@ -132,27 +136,43 @@ def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
                 torch.manual_seed(r)
                 if run == "plain":
                     model = models.build(case.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
-                    plain.append(plain_loop(bundle.train.x, bundle.train.y, model, case, 0.1, args.seconds))
+                    rates["plain"].append(plain_loop(bundle.train.x, bundle.train.y, model, case, 0.1, args.seconds))
                     continue
-                # the budget also holds start-up and calibration (seconds for resnet18 on a CPU, or a compilation);
-                # only the loop's own rate is compared
-                cfg = Config(seconds=args.seconds + (45 if case.compile else 15), data=case.spec, strategy=run,
-                             quiet=True, seed=r, out=str(tmp / f"{case.label}-{case.model}-{run}-{r}"),
-                             **case.config())
-                s = train(cfg).summary
-                (full if run == "full" else sel).append(s["samples_per_s"])
+                # the budget also holds start-up, calibration (seconds for resnet18 on a CPU, or a compilation) and
+                # the tail, which the last run measured: the training loop gets about the plain loop's seconds
+                cfg = Config(seconds=args.seconds + extra, data=case.spec, strategy=run, quiet=True, seed=r,
+                             out=str(tmp / f"{case.label}-{case.model}-{run}-{r}"), **case.config())
+                try:
+                    s = train(cfg).summary
+                except BudgetTooSmall:
+                    extra *= 2
+                    s = train(dataclasses.replace(cfg, seconds=args.seconds + extra)).summary
+                extra = s["budget_s"] - s["train_s"]
+                rates[run].append(s["samples_per_s"])
                 if run == "selective":
-                    sel_charged.append(s["samples_trained"] / (s["train_s"] + s["seconds_scoring"]))
-        p, f = statistics.median(plain), statistics.median(full)
-        s_med, c_med = statistics.median(sel), statistics.median(sel_charged)
+                    rates["charged"].append(s["samples_trained"] / (s["train_s"] + s["seconds_scoring"]))
         options = ",".join(name for name, on in (("cl", case.channels_last), ("compile", case.compile),
                                                  ("aug", case.augment), ("ls", case.label_smoothing)) if on) or "-"
+        full, sel, charged = (paired_ratios(rates[name], rates["plain"]) for name in ("full", "selective", "charged"))
         print(f"{case.label:<14}{case.model:<10}{case.device:<7}{case.precision:<6}{case.batch_size:>6}{options:>22}"
-              f"{p:>10.0f}{f:>10.0f}{f / p:>7.3f}{s_med:>13.0f}{s_med / p:>7.3f}{c_med / p:>15.3f}", flush=True)
+              + "".join(f"{statistics.median(rates[name]):>10.0f}" for name in ("plain", "full"))
+              + f"{full:>20}{statistics.median(rates['selective']):>13.0f}{sel:>20}{charged:>20}", flush=True)
         if args.rounds > 1:  # the spread tells how much of a ratio is the machine's noise
             print("    per round, samples/s: " + "; ".join(
-                f"{name} {' '.join(f'{v:.0f}' for v in values)}"
-                for name, values in (("plain", plain), ("full", full), ("selective", sel))), flush=True)
+                f"{name} {' '.join(f'{v:.0f}' for v in rates[name])}" for name in ("plain", "full", "selective")),
+                flush=True)
+
+
+def paired_ratios(rates: list[float], plain: list[float]) -> str:
+    """The median over rounds of each round's ratio to the plain loop of the same round, and with three or more
+    rounds its interquartile range: pairing within a round cancels the machine's slow drifts, which on a shared
+    machine move a rate by more than the 2 to 3% the goals resolve."""
+    ratios = [rate / base for rate, base in zip(rates, plain)]
+    median = f"{statistics.median(ratios):.3f}"
+    if len(ratios) < 3:
+        return median
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"{median} [{low:.2f}-{high:.2f}]"
 
 
 def ranking_costs(sizes: list[int], device: torch.device) -> None:
@@ -181,8 +201,9 @@ def ranking_costs(sizes: list[int], device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=15.0, help="training seconds per run")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per case (median reported)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="training seconds per run")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds per case (median of paired ratios)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
                         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
                         help="which cases to run (default: CPU, and CUDA when available)")
@@ -192,6 +213,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.sizes = 4.0, 1, "1e4,1e5"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, devices {' '.join(args.devices)}"

@@ -1,6 +1,7 @@
 """Precision, memory format and compile options are honoured or refused with a clear error, never ignored."""
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -117,3 +118,117 @@ def test_cuda_timeline_dates_step_ends_on_the_host_clock_without_draining_the_qu
     gaps = [b - a for a, b in zip(ends, ends[1:])]
     assert max(gaps) < 1.5 * min(gaps)  # equal kernels, equal steps
     assert timeline.collect(max_unfinished=0) == []
+
+
+class FakeGpu:
+    """A simulated CUDA device for :class:`accel.CudaTimeline` on any machine: work queues behind what is queued,
+    an event finishes when the device reaches it, and the host clock ``t`` moves only when the host waits (or the
+    test moves it)."""
+
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = self.busy_until = t
+
+    def now(self) -> float:
+        return self.t
+
+    def wait(self, until: float) -> None:
+        self.t = max(self.t, until)
+
+    def queue(self, seconds: float) -> None:
+        self.busy_until = max(self.busy_until, self.t) + seconds
+
+    def reached(self) -> float:
+        """When the device reaches an event recorded now: after the work queued so far."""
+        return max(self.busy_until, self.now())
+
+    def synchronize(self, device: object = None) -> None:
+        self.wait(self.busy_until)
+
+    def event(self, enable_timing: bool = False) -> FakeEvent:
+        return FakeEvent(self)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "Event", self.event)
+        monkeypatch.setattr(torch.cuda, "synchronize", self.synchronize)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+
+
+class FakeEvent:
+    def __init__(self, gpu: FakeGpu) -> None:
+        self.gpu, self.at = gpu, math.inf
+
+    def record(self, stream: object = None) -> None:
+        self.at = self.gpu.reached()
+
+    def query(self) -> bool:
+        return self.gpu.now() >= self.at
+
+    def synchronize(self) -> None:
+        self.gpu.wait(self.at)
+
+    def elapsed_time(self, end: FakeEvent) -> float:
+        return (end.at - self.at) * 1000
+
+
+class LaggingGpu(FakeGpu):
+    """On real time: a CPU run seen through a CUDA timeline whose events finish ``lag`` seconds after the host records
+    them, in order: the trainer's asynchronous path (late step ends, queued steps, waits, pauses)."""
+
+    def __init__(self, lag: float) -> None:
+        super().__init__(time.monotonic())
+        self.lag = lag
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, until: float) -> None:
+        time.sleep(max(0.0, until - time.monotonic()))
+
+    def reached(self) -> float:
+        self.busy_until = max(time.monotonic() + self.lag, self.busy_until)
+        return self.busy_until
+
+
+def test_cuda_timeline_logic_on_a_simulated_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timeline's bookkeeping without a GPU: finished steps are dated from the anchor on the host's scale, nothing
+    is waited for while at most n steps are unfinished, beyond that only the oldest is waited for, and ``collect(0)``
+    drains the queue and re-anchors."""
+    gpu = FakeGpu()
+    gpu.install(monkeypatch)
+    timeline = accel.CudaTimeline(lambda: gpu.t, torch.device("cuda"))
+
+    def launch(steps: int) -> None:
+        for _ in range(steps):
+            gpu.queue(0.1)  # a step's kernels: 0.1 s of device time
+            gpu.t += 0.001  # the host returns at once
+            timeline.mark()
+
+    launch(3)
+    assert timeline.collect(max_unfinished=3) == [] and gpu.t == pytest.approx(100.003)  # no wait
+    gpu.t = 100.15  # the host did other work meanwhile; the first step has finished
+    assert timeline.collect(max_unfinished=3) == pytest.approx([100.1])
+    launch(3)  # now 5 unfinished, ending at 100.2 ... 100.6
+    assert timeline.collect(max_unfinished=4) == pytest.approx([100.2])
+    assert gpu.t == pytest.approx(100.2)  # waited for the oldest only; the others still queued
+    assert timeline.collect(max_unfinished=0) == pytest.approx([100.3, 100.4, 100.5, 100.6])
+    assert gpu.t == pytest.approx(100.6) and timeline.anchor_t == pytest.approx(100.6)
+    assert timeline.collect(max_unfinished=0) == []
+    launch(1)  # after the re-anchor, ends are dated from the new anchor
+    assert timeline.collect(max_unfinished=0) == pytest.approx([100.7])
+
+
+def test_a_run_timed_through_a_lagging_device_timeline_ends_on_time(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The whole loop on the asynchronous path: step ends arrive late (several steps queued at times), yet the run
+    ends before its deadline, the learning rate reaches about zero, and every step's time is accounted."""
+    LaggingGpu(lag=0.03).install(monkeypatch)
+    timelines: list[accel.CudaTimeline] = []
+    monkeypatch.setattr(accel, "timeline", lambda device, now: timelines.append(
+        accel.CudaTimeline(now, torch.device("cuda"))) or timelines[-1])
+    start = time.monotonic()
+    result = train(Config(seconds=4, device="cpu", quiet=True, out=str(tmp_path / "r")), start=start)
+    s = result.summary
+    assert time.monotonic() - start <= 4 and s["elapsed_s"] <= 4
+    assert len(timelines) == 1 and not timelines[0].unfinished  # the run was timed through it, and drained it
+    assert s["steps"] > 50 and s["test_metrics"]["accuracy"] > 0.8
+    assert s["final_lr"] < 0.05 * result.config.lr
+    assert 0.5 * (4 - s["startup_s"] - s["tail_s"]) < s["train_s"] <= 4 - s["startup_s"]
