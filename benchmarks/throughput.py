@@ -60,7 +60,9 @@ class Case:
                 "augment": self.augment, "label_smoothing": self.label_smoothing}
 
 
-def plain_loop(x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, case: Case, lr: float, seconds: float) -> float:
+def plain_loop(
+    x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, case: Case, lr: float, seconds: float
+) -> float:
     """The baseline: data resident on the device, shuffled index batches, SGD with Nesterov momentum, a linear
     learning-rate decay by time, and the case's options (autocast, channels_last, compile, batched crop and flip).
     Returns samples per second inside the loop (after warm-up steps, which also compile)."""
