@@ -28,6 +28,7 @@ from . import artifacts, config as config_module, data, models
 from .accel import resolve_device
 from .config import Config
 from .errors import TimebudgetError, first_line
+from .scores import ScoreTable
 
 BASELINES = ("zeros", "blur", "mean")
 TARGETS = ("true", "pred")
@@ -160,7 +161,7 @@ def _read_scores(path: Path, n: int) -> tuple[dict[str, torch.Tensor] | None, st
     except Exception as exc:
         reason = first_line(exc) or type(exc).__name__
         raise TimebudgetError(f"{path} is not a readable score table: {reason}") from None
-    keys = ("last", "average", "count", "step")
+    keys = ScoreTable.KEYS
     if not isinstance(scores, dict) or any(k not in scores for k in keys):
         raise TimebudgetError(f"{path} is not a score table: it needs the tensors {', '.join(keys)}")
     if any(len(scores[k]) != n for k in keys):

@@ -11,6 +11,8 @@ import torch
 
 
 class ScoreTable:
+    KEYS = ("last", "average", "count", "step")  # the tensors a saved table (scores.pt) holds
+
     def __init__(self, n: int, device: torch.device | str = "cpu", momentum: float = 0.7) -> None:
         self.n = n
         self.momentum = momentum
@@ -36,8 +38,8 @@ class ScoreTable:
         self.step[index] = step
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {key: getattr(self, key).cpu() for key in ("last", "average", "count", "step")}
+        return {key: getattr(self, key).cpu() for key in self.KEYS}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for key in ("last", "average", "count", "step"):
+        for key in self.KEYS:
             getattr(self, key).copy_(state[key])
