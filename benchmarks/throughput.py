@@ -215,7 +215,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.sizes = 4.0, 1, "1e4,1e5"
-    if args.threads:
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.seconds <= 0:
+        parser.error(f"--seconds must be positive, got {args.seconds:g}")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
