@@ -107,12 +107,23 @@ def test_attribution_stats_measure_concentration() -> None:
     assert explain.attribution_stats(torch.zeros(4))["entropy"] is None
 
 
-def test_full_precision_switches_tf32_off_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    with explain.full_precision():
-        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+def test_full_precision_switches_tf32_off_and_restores_it() -> None:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the legacy allow_tf32 must not be touched (mixing raises)
+        switches, on, off = [(matmul, "fp32_precision"), (cudnn.conv, "fp32_precision"),
+                             (cudnn.rnn, "fp32_precision")], "tf32", "ieee"
+    else:
+        switches, on, off = [(matmul, "allow_tf32"), (cudnn, "allow_tf32")], True, False
+    saved = [getattr(obj, name) for obj, name in switches]
+    try:
+        for obj, name in switches:
+            setattr(obj, name, on)
+        with explain.full_precision():
+            assert [getattr(obj, name) for obj, name in switches] == [off] * len(switches)
+        assert [getattr(obj, name) for obj, name in switches] == [on] * len(switches)
+    finally:
+        for (obj, name), value in zip(switches, saved):
+            setattr(obj, name, value)
 
 
 # --- run folders ---------------------------------------------------------------------------------------------------

@@ -520,16 +520,30 @@ def run(run_dir: str | Path, options: Options | None = None) -> dict[str, Any]:
     return report
 
 
+def tf32_switches() -> list[tuple[Any, str, Any]]:
+    """(object, attribute, plain-fp32 value) of each TF32 switch. torch 2.9 replaced ``allow_tf32`` by
+    ``fp32_precision`` (``"ieee"`` is plain fp32) and refuses a mix of the two APIs, so the current one is used where
+    it exists and ``allow_tf32`` only on older torch."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        return [(matmul, "fp32_precision", "ieee"), (cudnn.conv, "fp32_precision", "ieee"),
+                (cudnn.rnn, "fp32_precision", "ieee")]
+    return [(matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
+
+
 @contextlib.contextmanager
 def full_precision() -> Iterator[None]:
     """Plain fp32 arithmetic while explaining: TF32 (cuDNN's default in PyTorch, or a user's setting for matmuls)
     moves Integrated Gradients' deltas and the small self-influence values of well-fit samples by around 1%."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    switches = tf32_switches()
+    saved = [getattr(obj, name) for obj, name, _ in switches]
     try:
+        for obj, name, value in switches:
+            setattr(obj, name, value)
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        for (obj, name, _), value in zip(switches, saved):
+            setattr(obj, name, value)
 
 
 def _explain(run_dir: str | Path, options: Options, device: torch.device) -> tuple[dict[str, Any], Path]:
