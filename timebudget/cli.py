@@ -11,7 +11,7 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from .clock import process_start_time
-from .errors import BudgetTooSmall, TimebudgetError, first_line
+from .errors import BudgetTooSmall, PeerLost, TimebudgetError, first_line
 
 _PROCESS_START = process_start_time()
 
@@ -134,15 +134,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    from .distributed import launch_start
     from .trainer import train
 
-    result = train(config, start=_PROCESS_START)
-    if not config.quiet:
+    result = train(config, start=launch_start(_PROCESS_START))  # under torchrun: from torchrun's own start
+    if not result.config.quiet:
         s = result.summary
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in s["test_metrics"].items())
         print(f"timebudget: {metrics}; {s['steps']} steps, {s['epochs']} epochs, {s['samples_per_s']:.0f} samples/s; "
               f"artifacts in {result.out_dir} after {s['elapsed_s']:.2f} of {s['budget_s']:g} s")
-    if config.explain:  # after the deadline: the run folder is complete, the budget is over
+    if config.explain and result.is_writer:  # after the deadline: the run folder is complete, the budget is over
         from . import explain
 
         explain.run(result.out_dir, explain.Options(device=config.device, quiet=config.quiet))
@@ -169,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimebudgetError as exc:
         print(f"timebudget: error: {exc}", file=sys.stderr)
         code = EXIT_BAD_INPUT
+    except PeerLost as exc:
+        print(f"timebudget: error: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
     except KeyboardInterrupt:
         print("timebudget: interrupted", file=sys.stderr)
         code = 130

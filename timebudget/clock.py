@@ -19,10 +19,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 
-def process_start_time(now: Callable[[], float] = time.monotonic) -> float:
-    """When this process started, on the ``time.monotonic`` scale (Linux: from /proc; elsewhere: first import)."""
+def process_start_time(now: Callable[[], float] = time.monotonic, pid: int | str = "self") -> float:
+    """When process ``pid`` (default: this one) started, on the ``time.monotonic`` scale (Linux: from /proc;
+    elsewhere, or when ``pid`` cannot be read: this module's first import)."""
     try:
-        with open("/proc/self/stat", "rb") as fh:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
         start_ticks = int(fields[19])  # field 22 of stat(5), counted after the command name
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")

@@ -13,3 +13,7 @@ class TimebudgetError(Exception):
 
 class BudgetTooSmall(TimebudgetError):
     """The budget cannot fit start-up, one training step and the final evaluation and checkpoint."""
+
+
+class PeerLost(Exception):
+    """Under torchrun, another process died or stalled: this one stops with one line instead of waiting forever."""

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import accel, artifacts, augment, config as config_module, data, models, sampler, schedules, strategies
+from . import accel, artifacts, augment, config as config_module, data, distributed, models, sampler, schedules, \
+    strategies
 from .averaging import EMA
 from .batches import Batches
 from .clock import BudgetClock
@@ -46,6 +47,7 @@ class TrainResult:
     summary: dict[str, Any]
     model: nn.Module
     config: Config
+    is_writer: bool = True  # False on the ranks of a torchrun job that write nothing
 
 
 # --- set-up ------------------------------------------------------------------------------------------------------
@@ -178,14 +180,24 @@ def train(
     training) for bad input and :class:`BudgetTooSmall` when the budget cannot fit start-up, one step and the tail.
     """
     config = config.validate()
-    clock = BudgetClock(config.seconds, start=start, now=now, margin_s=config.margin)
-    if config.out and (Path(config.out) / "summary.json").exists():
-        raise TimebudgetError(f"--out {config.out!r} already holds a finished run (summary.json); choose a new folder")
-    run = _Run(config, clock)
-    run.calibrate()
-    run.open_folder()
-    run.loop()
-    return run.finish()
+    start = now() if start is None else start
+    world = distributed.init(config.device, config.seconds, start, now)
+    with world.guard():
+        clock = BudgetClock(config.seconds, start=world.align_start(start, now), now=now,
+                            margin_s=config.margin + world.launcher_exit_s)
+        world.attach(clock)
+        if config.out and (Path(config.out) / "summary.json").exists():
+            raise TimebudgetError(f"--out {config.out!r} already holds a finished run (summary.json); choose a new "
+                                  "folder")
+        if not world.is_writer:
+            config = dataclasses.replace(config, quiet=True)
+        run = _Run(config, clock, world)
+        run.calibrate()
+        run.open_folder()
+        run.loop()
+        result = run.finish()
+    world.close()
+    return result
 
 
 class _Run:
@@ -194,16 +206,17 @@ class _Run:
     Set-up and calibration write nothing, so bad input and a budget too small leave no run folder behind.
     """
 
-    def __init__(self, config: Config, clock: BudgetClock) -> None:
-        self.clock, self.now = clock, clock.now
+    def __init__(self, config: Config, clock: BudgetClock, world: distributed.World) -> None:
+        self.clock, self.now, self.world = clock, clock.now, world
         torch.manual_seed(config.seed)
-        self.device = device = accel.resolve_device(config.device)
+        self.device = device = world.place(accel.resolve_device(config.device))
         accel.check_precision(config.precision, device)
         self.bundle = bundle = data.load(config.data, config.data_dir, config.image_size)
         self.config = config = resolve_defaults(config, bundle)
         self.model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
         fmt = accel.memory_format(self.model, config.channels_last, bundle.kind == "image")
-        self.train_module = accel.compile_module(self.model, config.compile)
+        self.train_module = accel.compile_module(world.wrap(self.model), config.compile)  # DDP under torchrun
+        self.rank_batch = world.rank_batch(config.batch_size)
         self.optimizer = build_optimizer(config, self.model)
         self.loss_fn = per_sample_loss(config, bundle.task)
         self.autocast = accel.autocast(config.precision, device)
@@ -215,7 +228,8 @@ class _Run:
         self.eval_batch = max(256, 4 * config.batch_size)
         self.n = len(self.train_batches)
         self.order_gen = torch.Generator().manual_seed(config.seed)
-        self.aug_gen = torch.Generator(device).manual_seed(config.seed + 1)  # on the device: no copy per step
+        # on the device: no copy per step; under torchrun each rank draws its own augmentations
+        self.aug_gen = torch.Generator(device).manual_seed(world.seed(config.seed + 1))
         self.scores = ScoreTable(self.n, device=device)
         self.strategy = strategies.build(config, bundle.task)
         self.schedule = schedules.TimeSchedule(
@@ -281,7 +295,7 @@ class _Run:
     def calibrate(self) -> None:
         config, clock, now = self.config, self.clock, self.now
         first = sampler.batches(torch.randperm(self.n, generator=torch.Generator().manual_seed(config.seed)),
-                                config.batch_size)
+                                self.rank_batch)
         ((px, py, _),) = self.train_batches.iterate(first[:1])
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.step_times: list[float] = []
@@ -313,13 +327,17 @@ class _Run:
         with tempfile.TemporaryFile() as fh:
             fh.write(blob)
         self.save_s = now() - t0
+        # Every rank decides alike: the slowest rank's step sets the pace, and the tail and the time are rank 0's.
+        rows = self.world.gather(self.step_times[-1], self.eval_s, self.save_s, clock.elapsed())
+        step_s = max(row[0] for row in rows)
+        _, self.eval_s, self.save_s, elapsed = rows[0]
         clock.measure_tail(self.eval_s + self.save_s + 0.01)
-        clock.seed_step(self.step_times[-1])
-        minimum = clock.elapsed() + self.step_times[-1] + clock.reserve_s
+        clock.seed_step(step_s)
+        minimum = elapsed + step_s + clock.reserve_s
         if minimum > config.seconds:
             raise BudgetTooSmall(
                 f"--seconds {config.seconds:g} is too small: start-up took "
-                f"{clock.elapsed() - sum(self.step_times):.2f} s, one training step takes {self.step_times[-1]:.3f} s "
+                f"{elapsed - sum(self.step_times):.2f} s, one training step takes {step_s:.3f} s "
                 f"(the first {self.step_times[0]:.2f} s) and the final evaluation and checkpoint {clock.reserve_s:.2f} "
                 f"s; the minimum for this data and model here is about {math.ceil(minimum * 1.2)} s"
             )
@@ -327,14 +345,15 @@ class _Run:
     # --- the run folder ----------------------------------------------------------------------------------------
     def open_folder(self) -> None:
         config = self.config
-        self.out_dir = Path(config.out) if config.out else default_out_dir(config)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = self.world.out_dir(Path(config.out) if config.out else default_out_dir(config))
         self.config = config = dataclasses.replace(config, out=str(self.out_dir))
-        artifacts.write_text(self.out_dir / "config.yaml", config_module.dump(config))
-        self.log = artifacts.MetricsLog(self.out_dir / "metrics.jsonl")
         self.checkpoint_dir = self.out_dir / "checkpoints"
-        if config.save_checkpoints:
-            self.checkpoint_dir.mkdir(exist_ok=True)
+        if self.world.is_writer:  # under torchrun only rank 0 writes
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            artifacts.write_text(self.out_dir / "config.yaml", config_module.dump(config))
+            if config.save_checkpoints:
+                self.checkpoint_dir.mkdir(exist_ok=True)
+        self.log = self.world.metrics_log(self.out_dir / "metrics.jsonl")
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def loop(self) -> None:
@@ -346,19 +365,19 @@ class _Run:
         next_eval = config.eval_every or math.inf
         self.model.train()
         clock.start_training()
-        stop = clock.should_stop()
+        stop = self.world.agree_stop(clock.should_stop())
         while not stop:
             order, chunks, weights = self.plan_epoch()
             epoch_losses = torch.empty(len(order), device=device)
             done = logged = 0  # samples of this epoch trained / already logged
             for x, y, idx in self.train_batches.iterate(chunks):
-                p = clock.progress()
+                p = self.world.progress(clock.progress())  # under torchrun: rank 0's, so every replica steps alike
                 lr = self.schedule.apply(p)
                 losses = self.step(x, y, weights[idx.to(device, non_blocking=True)] if weights is not None else None)
                 epoch_losses[done:done + len(idx)] = losses
                 done += len(idx)
                 self.steps += 1
-                self.samples += len(idx)
+                self.samples += len(idx) * self.world.size  # all ranks' samples: equal shards
                 if p >= average_from:
                     if self.averaged is None:
                         self.averaged = EMA(self.model, config.ema_decay)
@@ -369,55 +388,65 @@ class _Run:
                     logged = done
                     if loss_value is not None:
                         bar.update(clock.elapsed(), lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
-                if clock.step_done():
+                local_stop = clock.step_done()
+                if not local_stop:
+                    if self.tail_probe.load_changed(slowdown := clock.slowdown()):
+                        self.retime_tail(slowdown)
+                    if p >= next_checkpoint:
+                        if self.world.is_writer:
+                            resume = clock.pause()
+                            artifacts.save_torch(self.checkpoint_dir / f"step_{self.steps:08d}.pt", self.checkpoint())
+                            resume()
+                        next_checkpoint += checkpoint_every
+                    if self.world.is_writer and clock.elapsed() >= next_eval:
+                        self.last_eval = self.periodic_eval() or self.last_eval
+                        next_eval = clock.elapsed() + config.eval_every
+                if self.world.agree_stop(local_stop):  # one small collective under torchrun: all ranks stop alike
                     stop = True
                     break
-                if self.tail_probe.load_changed(slowdown := clock.slowdown()):
-                    self.retime_tail(slowdown)
-                if p >= next_checkpoint:
-                    resume = clock.pause()
-                    artifacts.save_torch(self.checkpoint_dir / f"step_{self.steps:08d}.pt", self.checkpoint())
-                    resume()
-                    next_checkpoint += checkpoint_every
-                if clock.elapsed() >= next_eval:
-                    self.last_eval = self.periodic_eval() or self.last_eval
-                    next_eval = clock.elapsed() + config.eval_every
             t0 = now()
-            self.scores.record(order[:done], epoch_losses[:done], self.steps)
+            self.scores.record(*self.world.all_gather_losses(order[:done], epoch_losses[:done]), self.steps)
             self.seconds_scoring += now() - t0
             if done > logged:
                 self.log_step(self.schedule.lr, epoch_losses[logged:done])
             self.write_step_log()
             self.epochs += 1
             self.log.flush()
-            stop = stop or clock.should_stop()
+            stop = self.world.agree_stop(stop or clock.should_stop())
         clock.stop_training()
         bar.close()
         self.log.flush()
 
     def plan_epoch(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
-        """The strategy's plan for the next epoch, as an order, its batches and per-sample weights. Planning and
-        re-scoring count against the budget, not as step time."""
+        """The strategy's plan for the next epoch, as this rank's order, its batches and per-sample weights. Planning
+        and re-scoring count against the budget, not as step time. Under torchrun every rank plans from the same
+        scores and rank 0's time, and trains its equal shard of the subset."""
         clock, n = self.clock, self.n
         resume = clock.pause()
         t0 = self.now()
         throughput = self.samples / clock.train_s if clock.train_s > 0 else None
         affordable = throughput * max(0.0, clock.window_end - self.now()) if throughput else None
-        plan = self.strategy.plan(
-            strategies.EpochContext(self.epochs, clock.progress(), self.scores, self.order_gen, affordable)
-        )
-        if plan.refresh is not None and len(plan.refresh):
-            self.refresh(plan.refresh)
+        room = clock.window_end - clock.now() - clock.step_estimate()
+        progress, affordable, room = self.world.from_writer(
+            clock.progress(), -1.0 if affordable is None else affordable, room)
+        plan = self.strategy.plan(strategies.EpochContext(self.epochs, progress, self.scores, self.order_gen,
+                                                          affordable if affordable >= 0 else None))
         if plan.mask is not None and not bool(plan.mask.any()):
             raise RuntimeError(f"strategy {self.strategy.name!r} selected no samples in epoch {self.epochs}")
         order = sampler.epoch_order(n, self.order_gen, plan.mask)
-        chunks = sampler.batches(order, self.config.batch_size, self.drop_partial)
+        order, plan.weights, plan.refresh, replaced = self.world.agree_plan(order, plan.weights, plan.refresh)
+        if plan.refresh is not None and len(plan.refresh):
+            self.refresh(plan.refresh, room)
+        kept = len(order)
+        order = self.world.shard(order)
+        chunks = sampler.batches(order, self.rank_batch, self.drop_partial)
         weights = plan.weights.to(self.device) if plan.weights is not None else None
         self.seconds_scoring += self.now() - t0
         resume()
-        kept = plan.kept(n)
         record = {"event": "epoch", "epoch": self.epochs, "time": round(clock.elapsed(), 4), "kept": kept,
                   "kept_fraction": kept / n, "phase": plan.phase}
+        if replaced:
+            record["plan_replaced_by_rank0"] = True
         self.kept_log.append(record)
         self.log.write(record)
         return order, chunks, weights
@@ -450,18 +479,19 @@ class _Run:
         return record["loss"]
 
     @torch.no_grad()
-    def refresh(self, index: torch.Tensor) -> None:
-        """Re-measure the losses of ``index`` with a forward pass (no gradient), trimmed to what fits before the
-        tail (half the room left, at the calibrated evaluation speed)."""
-        clock = self.clock
-        room = clock.window_end - clock.now() - clock.step_estimate()
+    def refresh(self, index: torch.Tensor, room: float) -> None:
+        """Re-measure the losses of ``index`` with a forward pass (no gradient), trimmed to what fits in half the
+        ``room`` left before the tail at the calibrated evaluation speed; under torchrun each rank measures its
+        shard and all ranks record all of them."""
         seconds_per_sample = self.eval_s / len(self.test_batches)
-        index = index[:int(max(0.0, room * 0.5) / max(seconds_per_sample, 1e-9))]
-        if not len(index):
+        index = index[:int(max(0.0, room * 0.5) * self.world.size / max(seconds_per_sample, 1e-9))]
+        if len(index) < self.world.size:
             return
         self.model.eval()
-        for x, y, idx in self.train_batches.iterate(list(index.split(self.eval_batch))):
-            self.scores.record(idx, self.loss_fn(self.model(x), y), self.steps)
+        index = self.world.shard(index)
+        chunks = list(index.split(self.eval_batch))
+        losses = [self.loss_fn(self.model(x), y) for x, y, _ in self.train_batches.iterate(chunks)]
+        self.scores.record(*self.world.all_gather_losses(index, torch.cat(losses)), self.steps)
         self.model.train()
 
     def periodic_eval(self) -> dict[str, Any] | None:
@@ -500,6 +530,9 @@ class _Run:
     # --- the tail: final evaluation, checkpoint, scores, summary ----------------------------------------------
     def finish(self) -> TrainResult:
         config, clock, n = self.config, self.clock, self.n
+        world = self.world.summary(self.steps, self.samples // self.world.size, clock.train_s)
+        if not self.world.is_writer:  # under torchrun: the tail is rank 0's
+            return TrainResult(self.out_dir, {"steps": self.steps, **world}, self.final_model(), config, False)
         tail_start = self.now()
         metrics = self.test_metrics()
         artifacts.save_torch(self.out_dir / "checkpoint.pt", self.checkpoint())
@@ -534,6 +567,7 @@ class _Run:
             "tail_reserved_s": clock.reserve_s,
             "weights_averaged": self.averaged is not None,
             "periodic_eval": self.last_eval,
+            **world,
             "torch": torch.__version__,
             "python": platform.python_version(),
         }

@@ -1,0 +1,298 @@
+"""torchrun: real gloo processes on the CPU, one thread each.
+
+One 2-process ``torchrun`` run, shared by several tests, trains the ``selective`` strategy (scores, subsets, weights
+and refreshes) on a user dataset that records, per rank, every sample index it hands out with gradients on: so the
+tests see what each rank really trained. Two more runs start the two workers by hand (torchrun's environment, no
+agent that would tear the job down for them) to show that a rank killed or stopped mid-run makes the other exit with
+one line in bounded time. The :class:`~timebudget.distributed.Group` methods are checked in two spawned gloo processes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from timebudget import distributed, sampler
+from timebudget.distributed import Group, World
+from timebudget.errors import TimebudgetError
+
+from conftest import load_checkpoint, step_records
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGET = 30.0  # start-up of two workers (each imports torch) took ~10 s on the shared 2-core machine
+BATCH = 32  # the global batch: 16 per rank
+N_TRAIN = 640
+
+# A user dataset (module:function) that appends "index grad" to records-<rank>.txt for every item handed out: training
+# batches are read with gradients on, refreshes and evaluations without.
+RECORDING_DATA = """
+    import os
+    import torch
+    from torch.utils.data import Dataset
+
+    class Recording(Dataset):
+        def __init__(self, n, seed, path=None):
+            g = torch.Generator().manual_seed(seed)
+            self.targets = torch.randint(0, 4, (n,), generator=g)
+            centres = torch.randn(4, 16, generator=g) * 1.5
+            self.x = centres[self.targets] + torch.randn(n, 16, generator=g)
+            self.classes = list(range(4))
+            self.log = open(path, "a", buffering=1) if path else None
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, i):
+            if self.log:
+                self.log.write(f"{i} {int(torch.is_grad_enabled())}\\n")
+            return self.x[i], self.targets[i]
+
+    def make():
+        return Recording(%d, 0, f"records-{os.environ.get('RANK', '0')}.txt"), Recording(200, 1)
+""" % N_TRAIN
+
+
+def _env(**extra: str) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
+
+
+def _train_args(out: str, budget: float) -> list[str]:
+    return ["train", "--seconds", str(budget), "--data", "recording:make", "--model", "mlp", "--strategy", "selective",
+            "--keep-fraction", "0.5", "--batch-size", str(BATCH), "--out", out, "--quiet",
+            "--set", "data_path=loader", "--set", "select_warmup=0.05", "--set", "log_every=5"]
+
+
+@dataclass
+class TorchrunRun:
+    cwd: Path
+    out: Path
+    proc: subprocess.CompletedProcess[str]
+    wall_s: float
+
+    def records(self, rank: int) -> list[int]:
+        """The indices ``rank`` trained, in order: lines read with gradients on, less the first item the loader
+        looks at and the calibration batch."""
+        lines = (self.cwd / f"records-{rank}.txt").read_text().split("\n")
+        trained = [int(line.split()[0]) for line in lines if line.endswith(" 1")]
+        return trained[1 + BATCH // 2:]
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory: pytest.TempPathFactory) -> TorchrunRun:
+    cwd = tmp_path_factory.mktemp("torchrun")
+    (cwd / "recording.py").write_text(textwrap.dedent(RECORDING_DATA))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "timebudget", *_train_args("run", BUDGET)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=BUDGET + 60)
+    wall_s = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return TorchrunRun(cwd, cwd / "run", proc, wall_s)
+
+
+def test_torchrun_run_ends_by_the_deadline_counted_from_the_launch(torchrun_run: TorchrunRun) -> None:
+    summary = json.loads((torchrun_run.out / "summary.json").read_text())
+    assert (summary["world_size"], summary["backend"]) == (2, "gloo")
+    assert summary["elapsed_s"] <= BUDGET
+    # the clock started with torchrun, not with the workers: torchrun's exit is all that follows the last artifact
+    assert 0 < torchrun_run.wall_s - summary["elapsed_s"] < summary["launcher_exit_s"] + 3.0
+
+
+def test_both_ranks_stop_after_the_same_step(torchrun_run: TorchrunRun) -> None:
+    summary = json.loads((torchrun_run.out / "summary.json").read_text())
+    steps = summary["steps"]
+    assert summary["rank_steps"] == [steps, steps] and steps > 10
+    assert summary["rank_samples"][0] == summary["rank_samples"][1] == summary["samples_trained"] // 2
+    assert len(torchrun_run.records(0)) == len(torchrun_run.records(1)) == summary["rank_samples"][0]
+    assert step_records(torchrun_run.out, summary)[-1]["step"] <= steps
+    assert load_checkpoint(torchrun_run.out, summary)["steps"] == steps
+
+
+def test_every_epoch_is_one_plan_split_into_disjoint_equal_shards(torchrun_run: TorchrunRun) -> None:
+    """Each epoch's subset is the same on both ranks (no plan had to be replaced by rank 0's) and each rank trains its
+    own half of it: disjoint shards of equal size, together the whole subset."""
+    records = [json.loads(line) for line in (torchrun_run.out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert not any(r.get("plan_replaced_by_rank0") for r in epochs)
+    assert {r["phase"] for r in epochs} >= {"warmup", "select"}
+    trained = [torchrun_run.records(0), torchrun_run.records(1)]
+    start = 0
+    for epoch in epochs:
+        shard = epoch["kept"] // 2
+        count = sum(len(c) for c in sampler.batches(torch.arange(shard), BATCH // 2))
+        parts = [set(ranks[start:start + count]) for ranks in trained]
+        if not parts[0]:
+            break  # the run stopped before this epoch trained
+        assert len(parts[0]) == len(parts[1]) == len(trained[0][start:start + count])  # no repeats within a shard
+        assert not parts[0] & parts[1]
+        start += count
+    assert start >= len(trained[0]) - count  # every trained sample was accounted for by an epoch
+
+
+def test_only_rank_zero_writes(torchrun_run: TorchrunRun) -> None:
+    assert sorted(p.name for p in torchrun_run.cwd.iterdir() if p.name != "__pycache__") == [
+        "records-0.txt", "records-1.txt", "recording.py", "run"]
+    assert sorted(p.name for p in torchrun_run.out.iterdir()) == [
+        "checkpoint.pt", "config.yaml", "metrics.jsonl", "scores.pt", "summary.json"]
+    assert torchrun_run.proc.stdout == ""  # --quiet on rank 0, and the other rank is always quiet
+
+
+# --- a rank that dies or stalls ------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[str]]]]:
+    """Two ``timebudget train`` workers with torchrun's environment, started by hand (no agent to end the job)."""
+    (tmp_path / "recording.py").write_text(textwrap.dedent(RECORDING_DATA))
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "timebudget", *_train_args("run", 20.0)], cwd=tmp_path, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                  MASTER_PORT=port))
+        for rank in (0, 1)
+    ]
+    yield tmp_path, procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for_training(cwd: Path, procs: list[subprocess.Popen[str]]) -> float:
+    """Block until rank 0 has logged training steps; return the time (perf_counter)."""
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        log = cwd / "run" / "metrics.jsonl"
+        if log.exists() and '"event": "step"' in log.read_text():
+            return time.perf_counter()
+        assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
+        time.sleep(0.1)
+    raise AssertionError("rank 0 never started training")
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_rank_makes_the_other_exit_at_once(
+    two_workers: tuple[Path, list[subprocess.Popen[str]]], victim: int
+) -> None:
+    cwd, procs = two_workers
+    _wait_for_training(cwd, procs)
+    procs[victim].send_signal(signal.SIGKILL)
+    t0 = time.perf_counter()
+    survivor = procs[1 - victim]
+    _, err = survivor.communicate(timeout=30)
+    assert time.perf_counter() - t0 < 10.0
+    assert survivor.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"timebudget: error: rank {1 - victim} of 2: another rank died"), err
+
+
+def test_a_stalled_rank_makes_the_other_exit_soon_after_the_deadline(
+    two_workers: tuple[Path, list[subprocess.Popen[str]]]
+) -> None:
+    cwd, procs = two_workers
+    started = _wait_for_training(cwd, procs)
+    procs[1].send_signal(signal.SIGSTOP)
+    _, err = procs[0].communicate(timeout=60)
+    summary_budget_end = started + 20.0  # the budget counts from before training started: this bound is loose
+    assert time.perf_counter() < summary_budget_end + distributed.GRACE_S + 5.0
+    assert procs[0].returncode == 1
+    assert "waited" in err and "past the deadline" in err, err
+    assert not (cwd / "run" / "summary.json").exists()
+
+
+# --- the launch start --------------------------------------------------------------------------------------------
+def test_launch_start_is_the_parent_under_torchrun() -> None:
+    """A worker launched 1 s after its parent started counts its budget from the parent's start under torchrun
+    (``TORCHELASTIC_RUN_ID`` set), and from its own start otherwise."""
+    child = ("import os; from timebudget import clock, distributed; own = clock.process_start_time(); "
+             "print(own - distributed.launch_start(own)); del os.environ['TORCHELASTIC_RUN_ID']; "
+             "print(own - distributed.launch_start(own))")
+    parent = (f"import subprocess, sys, time; time.sleep(1.0); "
+              f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout)")
+    out = subprocess.run([sys.executable, "-c", parent], env=_env(TORCHELASTIC_RUN_ID="x"), capture_output=True,
+                         text=True)
+    under_torchrun, alone = (float(line) for line in out.stdout.split())
+    assert 1.0 <= under_torchrun < 30.0 and alone == 0.0
+
+
+# --- the world's face ----------------------------------------------------------------------------------------------
+def test_world_of_one_changes_nothing() -> None:
+    world = World()
+    order, weights = torch.randperm(10), torch.rand(10)
+    assert world.shard(order) is order and world.agree_plan(order, weights, None) == (order, weights, None, False)
+    assert world.agree_stop(True) and not world.agree_stop(False)
+    assert world.progress(0.3) == 0.3 and world.rank_batch(7) == 7 and world.seed(5) == 5
+    assert world.from_writer(1.0, 2.0) == (1.0, 2.0)
+    assert world.summary(3, 96, 1.5) == {"world_size": 1, "backend": None, "rank_steps": [3], "rank_samples": [96],
+                                         "rank_train_s": [1.5], "launcher_exit_s": 0.0}
+    assert distributed.init("cpu", 10.0, time.monotonic()).size == 1  # no torchrun environment here
+
+
+def test_batch_size_must_split_across_ranks() -> None:
+    group = Group(1, 3, 1, "gloo", 10.0, owned=False, launcher_exit_s=0.0)
+    assert group.rank_batch(96) == 32
+    with pytest.raises(TimebudgetError, match="batch_size 100 does not split evenly across 3 processes.*e.g. 102"):
+        group.rank_batch(100)
+
+
+def test_shards_are_equal_and_disjoint() -> None:
+    order = torch.randperm(11)
+    shards = [Group(r, 3, r, "gloo", 10.0, owned=False, launcher_exit_s=0.0).shard(order) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert len(set(torch.cat(shards).tolist())) == 9
+
+
+def _group_checks(rank: int, port: int, results: Path) -> None:
+    """In each of two spawned processes: the collectives of :class:`Group`, written to ``results/<rank>.pt``."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = distributed.init("cpu", 30.0, time.monotonic())
+    from timebudget.clock import BudgetClock
+
+    clock = BudgetClock(30.0)
+    clock.start_training()
+    world.attach(clock)
+    out: dict[str, object] = {"stops": [world.agree_stop(vote) for vote in ([False, True], [False, False])[rank]]}
+    out["progress"] = world.progress(-1.0)
+    mine = torch.arange(6) + 10 * rank
+    out["gathered"] = world.all_gather_losses(mine, mine.float() / 100)
+    out["writer"] = world.from_writer(float(rank), 7.0)
+    same = torch.arange(8)
+    out["same"] = world.agree_plan(same, None, None)
+    differs = torch.arange(5 + rank) * (rank + 1)
+    out["differs"] = world.agree_plan(differs, torch.full((4,), float(rank)), torch.tensor([rank]))
+    world.close()
+    torch.save(out, results / f"{rank}.pt")
+
+
+def test_group_collectives_in_two_gloo_processes(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_group_checks, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["stops"] == r1["stops"] == [False, True]  # one rank's vote stops both
+    assert r0["progress"] == r1["progress"] >= 0  # rank 0's progress, everywhere
+    for gathered in (r0["gathered"], r1["gathered"]):
+        assert gathered[0].tolist() == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]
+        assert torch.equal(gathered[1], gathered[0].float() / 100)
+    assert r0["writer"] == r1["writer"] == (0.0, 7.0)
+    assert r0["same"][3] is False and r1["same"][3] is False
+    for order, weights, refresh, replaced in (r0["differs"], r1["differs"]):
+        assert replaced and order.tolist() == [0, 1, 2, 3, 4]
+        assert weights.tolist() == [0.0] * 4 and refresh.tolist() == [0]

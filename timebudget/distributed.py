@@ -1,0 +1,373 @@
+"""More than one process (torchrun): one deadline, one agreed stop, one plan sharded across the ranks, no hang.
+
+Outside torchrun (no ``WORLD_SIZE`` above 1 in the environment) :func:`init` returns :class:`World`, whose methods
+change nothing, so a single process runs exactly as before. Under torchrun it returns :class:`Group`: a
+DistributedDataParallel run with NCCL on CUDA (one device per local rank) or gloo on the CPU. The trainer calls either
+through the same narrow face, and every rank runs the same loop, so every rank calls the same collectives in the same
+order:
+
+- **one deadline**: the budget counts from torchrun's own start (the workers' parent process), aligned across ranks
+  and machines to the earliest launch (:meth:`Group.align_start`);
+- **one step, one stop**: after each step one small all-reduce on the CPU (:meth:`Group.agree_stop`) stops every rank
+  when any rank's clock (or a signal) says stop, and carries rank 0's fraction of the window, from which every rank
+  sets the same learning rate for the next step, so the replicas stay identical;
+- **one plan**: every rank computes the epoch plan from the same score table (losses all-gathered once per epoch,
+  :meth:`Group.all_gather_losses`), the same seeded generator and rank 0's time (:meth:`Group.from_writer`); a
+  fingerprint check (:meth:`Group.agree_plan`) replaces a plan that still differs (a strategy that decides from its
+  own timings) by rank 0's; the subset is then split into equal shards (:meth:`Group.shard`), so every rank runs the
+  same number of steps of one batch shape;
+- **no hang**: every collective times out at the deadline plus :data:`GRACE_S`; a rank that died is seen at once
+  (its connections close); either becomes one line (:class:`~timebudget.errors.PeerLost`) and a non-zero exit.
+
+Only rank 0 writes the run folder. Control messages go through a gloo group on the CPU, so on CUDA the agreement adds
+no host-device synchronisation; the per-epoch losses stay on the device (NCCL).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from . import artifacts
+from .clock import process_start_time
+from .errors import PeerLost, TimebudgetError, first_line
+
+if TYPE_CHECKING:
+    from .clock import BudgetClock
+
+# How long past the deadline a rank may wait for the others before it gives up with one line.
+GRACE_S = 5.0
+# torchrun exits after its workers, and its interpreter's teardown of torch took 1.4-1.9 s on a loaded 2-core machine,
+# 0.33-0.42 of the time the same interpreter took to import torch (four runs): the deadline is moved earlier by this
+# share of the worker's own start-up (which the import of torch dominates), so `time torchrun ...` reads the budget.
+LAUNCHER_EXIT_SHARE = 0.4
+
+_SEED_STRIDE = 1_000_003  # ranks draw augmentations from different streams: seed + rank * stride
+
+
+def launch_start(own_start: float, now: Callable[[], float] = time.monotonic) -> float:
+    """When the run was launched: torchrun's own start (the parent of a torchrun worker), so that ``time torchrun
+    ... --seconds S`` reads about S; ``own_start`` outside torchrun."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return own_start
+    return min(own_start, process_start_time(now, os.getppid()))
+
+
+class World:
+    """One process: every method is the identity, and the run is exactly the single-process run."""
+
+    size = 1
+    rank = 0
+    backend: str | None = None
+    launcher_exit_s = 0.0  # time the launcher needs to exit after this process, kept free at the end of the budget
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this rank writes the run folder (rank 0)."""
+        return self.rank == 0
+
+    def attach(self, clock: "BudgetClock") -> None:
+        """The clock whose progress rank 0 shares at every agreement."""
+
+    def align_start(self, start: float, now: Callable[[], float]) -> float:
+        return start
+
+    def place(self, device: torch.device) -> torch.device:
+        return device
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def rank_batch(self, batch_size: int) -> int:
+        """This rank's share of the (global) batch size."""
+        return batch_size
+
+    def seed(self, seed: int) -> int:
+        """A per-rank seed for draws that should differ between ranks (augmentation)."""
+        return seed + self.rank * _SEED_STRIDE
+
+    def progress(self, local: float) -> float:
+        """The fraction of the window the next step trains at: the same number on every rank."""
+        return local
+
+    def agree_stop(self, local_stop: bool) -> bool:
+        """Whether every rank stops now: true when any rank's ``local_stop`` is."""
+        return local_stop
+
+    def gather(self, *values: float) -> list[tuple[float, ...]]:
+        """Every rank's ``values``, in rank order, on every rank."""
+        return [tuple(float(v) for v in values)]
+
+    def from_writer(self, *values: float) -> tuple[float, ...]:
+        """Rank 0's ``values`` on every rank (decisions that depend on time are rank 0's)."""
+        return self.gather(*values)[0]
+
+    def agree_plan(
+        self, order: torch.Tensor, weights: torch.Tensor | None, refresh: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:
+        """The plan every rank trains: its own when all ranks' are identical, else rank 0's. Returns the plan and
+        whether it had to be replaced."""
+        return order, weights, refresh, False
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of ``order``: equal parts on every rank (the last ``len % size`` positions are dropped)."""
+        return order
+
+    def all_gather_losses(self, index: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (index, loss) pairs, concatenated in rank order; all ranks pass the same number of pairs."""
+        return index, losses
+
+    def out_dir(self, path: Path) -> Path:
+        """Rank 0's run folder."""
+        return path
+
+    def metrics_log(self, path: Path) -> artifacts.MetricsLog | "_NoLog":
+        return artifacts.MetricsLog(path) if self.is_writer else _NoLog()
+
+    def summary(self, steps: int, samples: int, train_s: float) -> dict[str, Any]:
+        """The world's part of ``summary.json``: size, backend and each rank's steps, samples and training seconds."""
+        per_rank = self.gather(steps, samples, train_s)
+        return {"world_size": self.size, "backend": self.backend, "rank_steps": [int(r[0]) for r in per_rank],
+                "rank_samples": [int(r[1]) for r in per_rank], "rank_train_s": [r[2] for r in per_rank],
+                "launcher_exit_s": self.launcher_exit_s}
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn a lost peer into one line (:class:`PeerLost`); nothing to do for one process."""
+        yield
+
+    def close(self) -> None:
+        """Release the process group this world created, if any."""
+
+
+class _NoLog:
+    """The metrics log of a rank that writes nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class Group(World):
+    """``size`` processes started by torchrun, this one being ``rank``; built by :func:`init`."""
+
+    def __init__(
+        self, rank: int, size: int, local_rank: int, backend: str, timeout_s: float, owned: bool, launcher_exit_s: float
+    ) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.rank, self.size, self.local_rank, self.backend = rank, size, local_rank, backend
+        self.timeout_s, self.owned, self.launcher_exit_s = timeout_s, owned, launcher_exit_s
+        # Control messages (stop, progress, fingerprints) are small host values: a gloo group on the CPU, so that on
+        # CUDA they never wait for the device. With gloo the default group serves both.
+        self.control = None
+        if backend == "nccl":
+            self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        self.clock: BudgetClock | None = None
+        self._agreed = torch.zeros(2, dtype=torch.float64)
+        self._progress: float | None = None
+
+    # --- set-up ----------------------------------------------------------------------------------------------
+    def attach(self, clock: "BudgetClock") -> None:
+        self.clock = clock
+
+    def align_start(self, start: float, now: Callable[[], float]) -> float:
+        """The earliest launch of any rank, on this rank's clock: after a barrier every rank reads its clock at about
+        the same instant, and the largest time since launch wins."""
+        self.dist.barrier(group=self.control)
+        t = now()
+        elapsed = torch.tensor([t - start], dtype=torch.float64)
+        self.dist.all_reduce(elapsed, op=self.dist.ReduceOp.MAX, group=self.control)
+        return t - float(elapsed)
+
+    def place(self, device: torch.device) -> torch.device:
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.local_rank] if self.backend == "nccl" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+    def rank_batch(self, batch_size: int) -> int:
+        if batch_size % self.size:
+            up = -(-batch_size // self.size) * self.size
+            raise TimebudgetError(
+                f"batch_size {batch_size} does not split evenly across {self.size} processes (the batch size is the "
+                f"global batch, each rank trains batch_size / {self.size}); use a multiple of {self.size}, e.g. {up}"
+            )
+        return batch_size // self.size
+
+    # --- per step --------------------------------------------------------------------------------------------
+    def progress(self, local: float) -> float:
+        if self._progress is None:
+            raise RuntimeError("distributed: no agreed progress yet (agree_plan must run before the first step)")
+        return self._progress
+
+    def agree_stop(self, local_stop: bool) -> bool:
+        """One all-reduce (max) of two numbers: the stop votes, and rank 0's progress (the others send -1)."""
+        self._agreed[0] = float(local_stop)
+        self._agreed[1] = self._writer_progress()
+        self.dist.all_reduce(self._agreed, op=self.dist.ReduceOp.MAX, group=self.control)
+        self._progress = float(self._agreed[1])
+        return bool(self._agreed[0] > 0)
+
+    def _writer_progress(self) -> float:
+        if not self.is_writer:
+            return -1.0
+        if self.clock is None:
+            raise RuntimeError("distributed: attach(clock) before training")
+        return self.clock.progress()
+
+    # --- per epoch and at the edges of the run ---------------------------------------------------------------
+    def gather(self, *values: float) -> list[tuple[float, ...]]:
+        mine = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        rows = [torch.empty_like(mine) for _ in range(self.size)]
+        self.dist.all_gather(rows, mine, group=self.control)
+        return [tuple(row.tolist()) for row in rows]
+
+    def agree_plan(
+        self, order: torch.Tensor, weights: torch.Tensor | None, refresh: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:
+        """One all-gather of each rank's plan fingerprint (sizes and hashes of order, weights and refresh) and rank
+        0's progress; in the rare case that a rank's plan differs, rank 0's plan is broadcast to all."""
+        prints = self.gather(*_fingerprint(order), *_fingerprint(weights), *_fingerprint(refresh),
+                             self._writer_progress())
+        self._progress = prints[0][-1]
+        if all(row[:-1] == prints[0][:-1] for row in prints):
+            return order, weights, refresh, False
+        writer = prints[0]
+        order = self._broadcast(order, int(writer[0]), torch.int64, order.device)
+        weights = None if writer[2] < 0 else self._broadcast(weights, int(writer[2]), torch.float32, _device(weights))
+        refresh = None if writer[4] < 0 else self._broadcast(refresh, int(writer[4]), torch.int64, _device(refresh))
+        return order, weights, refresh, True
+
+    def _broadcast(
+        self, tensor: torch.Tensor | None, size: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """Rank 0's ``tensor`` (``size`` elements) on every rank; device tensors travel through the default group."""
+        if self.is_writer and tensor is not None:
+            buffer = tensor.to(dtype).contiguous()
+        else:
+            buffer = torch.empty(size, dtype=dtype, device=device)
+        if self.backend == "nccl" and buffer.device.type != "cuda":
+            self.dist.broadcast(buffer, src=0, group=self.control)
+        else:
+            self.dist.broadcast(buffer, src=0)
+        return buffer
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        per_rank = len(order) // self.size
+        if per_rank == 0:
+            raise TimebudgetError(f"an epoch's subset holds {len(order)} samples, fewer than the {self.size} processes")
+        return order[self.rank: per_rank * self.size: self.size]
+
+    def all_gather_losses(self, index: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One all-gather, on the losses' device: index and loss packed as two float64 rows (indices below 2^53 are
+        exact)."""
+        packed = torch.stack([index.to(losses.device, non_blocking=True).double(), losses.double()])
+        rows = [torch.empty_like(packed) for _ in range(self.size)]
+        self.dist.all_gather(rows, packed)
+        both = torch.cat(rows, dim=1)
+        return both[0].long(), both[1].float()
+
+    def out_dir(self, path: Path) -> Path:
+        box: list[Any] = [str(path)]
+        self.dist.broadcast_object_list(box, src=0, group=self.control)
+        return Path(box[0])
+
+    # --- failure and the end ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            if not _lost_peer(exc):
+                raise
+            cause = (f"a collective waited {self.timeout_s:.0f} s, past the deadline" if "timed out" in str(exc).lower()
+                     else "its connection to another rank closed")
+            raise PeerLost(
+                f"rank {self.rank} of {self.size}: another rank died or stalled ({cause}); stopping. The rank that "
+                f"failed first says why in its own output. ({type(exc).__name__}: {first_line(exc)[:160]})"
+            ) from None
+
+    def close(self) -> None:
+        if self.owned and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def _device(tensor: torch.Tensor | None) -> torch.device:
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _fingerprint(tensor: torch.Tensor | None) -> tuple[float, float]:
+    """(number of elements, a 48-bit hash of the bytes) of a tensor, exact in float64; (-1, 0) for ``None``."""
+    if tensor is None:
+        return -1.0, 0.0
+    data = tensor.detach().contiguous().cpu().numpy().tobytes()
+    return float(tensor.numel()), float(int.from_bytes(hashlib.blake2b(data, digest_size=6).digest(), "little"))
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a collective failed because another rank is gone or silent."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        marker in text for marker in ("gloo/", "NCCL", "Connection reset", "Connection closed", "Timed out")
+    )
+
+
+def init(device: str, budget_s: float, start: float, now: Callable[[], float] = time.monotonic) -> World:
+    """The world this process runs in: :class:`World` outside torchrun, else a :class:`Group` joined through
+    torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). Every
+    collective times out ``GRACE_S`` after the deadline counted from ``start``."""
+    size = _env_int("WORLD_SIZE", 1)
+    if size <= 1:
+        return World()
+    import torch.distributed as dist
+
+    missing = [key for key in ("RANK", "MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
+    if missing:
+        raise TimebudgetError(f"WORLD_SIZE is {size} but {', '.join(missing)} is not set: launch with torchrun")
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
+    kwargs: dict[str, Any] = {}
+    if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise TimebudgetError(f"LOCAL_RANK {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                                  "start at most that many processes per node (--nproc_per_node)")
+        torch.cuda.set_device(local_rank)
+        kwargs["device_id"] = torch.device("cuda", local_rank)
+    timeout_s = max(0.0, budget_s - (now() - start)) + GRACE_S
+    launcher_exit_s = 0.0
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        launcher_exit_s = LAUNCHER_EXIT_SHARE * max(0.0, now() - process_start_time(now))
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    elif dist.get_backend() != backend:
+        raise TimebudgetError(f"the process group already uses {dist.get_backend()}; this run needs {backend}")
+    return Group(dist.get_rank(), dist.get_world_size(), local_rank, backend, timeout_s, owned, launcher_exit_s)
+
+
+def _env_int(key: str, default: int) -> int:
+    value = os.environ.get(key)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise TimebudgetError(f"{key} must be an integer (torchrun sets it), got {value!r}") from None
