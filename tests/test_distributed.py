@@ -30,7 +30,8 @@ from timebudget.errors import TimebudgetError
 from conftest import load_checkpoint, step_records
 
 REPO = Path(__file__).resolve().parent.parent
-BUDGET = 30.0  # start-up of two workers (each imports torch) took ~10 s on the shared 2-core machine
+BUDGET = 30.0  # start-up of two workers (each imports torch) took 10-22 s on the shared 2-core machine
+HAND_BUDGET = 40.0  # the same, for workers started by hand
 BATCH = 32  # the global batch: 16 per rank
 N_TRAIN = 640
 
@@ -143,7 +144,7 @@ def test_every_epoch_is_one_plan_split_into_disjoint_equal_shards(torchrun_run: 
 
 def test_only_rank_zero_writes(torchrun_run: TorchrunRun) -> None:
     assert sorted(p.name for p in torchrun_run.cwd.iterdir() if p.name != "__pycache__") == [
-        "records-0.txt", "records-1.txt", "recording.py", "run"]
+        "recording.py", "records-0.txt", "records-1.txt", "run"]
     assert sorted(p.name for p in torchrun_run.out.iterdir()) == [
         "checkpoint.pt", "config.yaml", "metrics.jsonl", "scores.pt", "summary.json"]
     assert torchrun_run.proc.stdout == ""  # --quiet on rank 0, and the other rank is always quiet
@@ -162,7 +163,7 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[st
     (tmp_path / "recording.py").write_text(textwrap.dedent(RECORDING_DATA))
     port = str(_free_port())
     procs = [
-        subprocess.Popen([sys.executable, "-m", "timebudget", *_train_args("run", 20.0)], cwd=tmp_path, text=True,
+        subprocess.Popen([sys.executable, "-m", "timebudget", *_train_args("run", HAND_BUDGET)], cwd=tmp_path, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                                   MASTER_PORT=port))
@@ -187,34 +188,33 @@ def _wait_for_training(cwd: Path, procs: list[subprocess.Popen[str]]) -> float:
     raise AssertionError("rank 0 never started training")
 
 
-@pytest.mark.parametrize("victim", [1, 0])
-def test_a_killed_rank_makes_the_other_exit_at_once(
-    two_workers: tuple[Path, list[subprocess.Popen[str]]], victim: int
-) -> None:
+def test_a_killed_rank_makes_the_other_exit_at_once(two_workers: tuple[Path, list[subprocess.Popen[str]]]) -> None:
     cwd, procs = two_workers
     _wait_for_training(cwd, procs)
-    procs[victim].send_signal(signal.SIGKILL)
+    procs[1].send_signal(signal.SIGKILL)
     t0 = time.perf_counter()
-    survivor = procs[1 - victim]
-    _, err = survivor.communicate(timeout=30)
+    _, err = procs[0].communicate(timeout=30)
     assert time.perf_counter() - t0 < 10.0
-    assert survivor.returncode == 1
+    assert procs[0].returncode == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"timebudget: error: rank {1 - victim} of 2: another rank died"), err
+    assert len(lines) == 1 and lines[0].startswith("timebudget: error: rank 0 of 2: another rank died"), err
+    assert "connection" in lines[0]
+    assert not (cwd / "run" / "summary.json").exists()
 
 
-def test_a_stalled_rank_makes_the_other_exit_soon_after_the_deadline(
+def test_a_stalled_writer_makes_the_other_exit_soon_after_the_deadline(
     two_workers: tuple[Path, list[subprocess.Popen[str]]]
 ) -> None:
     cwd, procs = two_workers
     started = _wait_for_training(cwd, procs)
-    procs[1].send_signal(signal.SIGSTOP)
-    _, err = procs[0].communicate(timeout=60)
-    summary_budget_end = started + 20.0  # the budget counts from before training started: this bound is loose
-    assert time.perf_counter() < summary_budget_end + distributed.GRACE_S + 5.0
-    assert procs[0].returncode == 1
-    assert "waited" in err and "past the deadline" in err, err
-    assert not (cwd / "run" / "summary.json").exists()
+    procs[0].send_signal(signal.SIGSTOP)
+    _, err = procs[1].communicate(timeout=HAND_BUDGET + 30)
+    # the budget counted from before training started, so this bound is loose by the start-up
+    assert time.perf_counter() < started + HAND_BUDGET + distributed.GRACE_S + 5.0
+    assert procs[1].returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("timebudget: error: rank 1 of 2: another rank died"), err
+    assert "past the deadline" in lines[0]
 
 
 # --- the launch start --------------------------------------------------------------------------------------------
