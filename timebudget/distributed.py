@@ -333,9 +333,14 @@ def init(device: str, budget_s: float, start: float, now: Callable[[], float] = 
     """The world this process runs in: :class:`World` outside torchrun, else a :class:`Group` joined through
     torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). Every
     collective times out ``GRACE_S`` after the deadline counted from ``start``."""
+    launcher_exit_s = 0.0
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        launcher_exit_s = LAUNCHER_EXIT_SHARE * max(0.0, now() - process_start_time(now))
     size = _env_int("WORLD_SIZE", 1)
     if size <= 1:
-        return World()
+        world = World()
+        world.launcher_exit_s = launcher_exit_s
+        return world
     import torch.distributed as dist
 
     missing = [key for key in ("RANK", "MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
@@ -352,9 +357,6 @@ def init(device: str, budget_s: float, start: float, now: Callable[[], float] = 
         torch.cuda.set_device(local_rank)
         kwargs["device_id"] = torch.device("cuda", local_rank)
     timeout_s = max(0.0, budget_s - (now() - start)) + GRACE_S
-    launcher_exit_s = 0.0
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        launcher_exit_s = LAUNCHER_EXIT_SHARE * max(0.0, now() - process_start_time(now))
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
