@@ -46,9 +46,12 @@ if TYPE_CHECKING:
 # How long past the deadline a rank may wait for the others before it gives up with one line.
 GRACE_S = 5.0
 # torchrun exits after its workers, and its interpreter's teardown of torch took 1.4-1.9 s on a loaded 2-core machine,
-# 0.33-0.42 of the time the same interpreter took to import torch (four runs): the deadline is moved earlier by this
-# share of the worker's own start-up (which the import of torch dominates), so `time torchrun ...` reads the budget.
+# 0.33-0.42 of the time the same interpreter took to import torch (four runs). So this share of torchrun's own
+# start-up (from its start to the worker's, which the import of torch dominates) is kept free at the end of the
+# budget, at most LAUNCHER_EXIT_MAX_S (a multi-node rendezvous waits for the other nodes), and `time torchrun ...`
+# reads the budget.
 LAUNCHER_EXIT_SHARE = 0.4
+LAUNCHER_EXIT_MAX_S = 5.0
 
 _SEED_STRIDE = 1_000_003  # ranks draw augmentations from different streams: seed + rank * stride
 
@@ -211,6 +214,8 @@ class Group(World):
 
     # --- per step --------------------------------------------------------------------------------------------
     def progress(self, local: float) -> float:
+        """Rank 0's progress as the last agreement carried it (after the previous step, or with the epoch's plan; a
+        step right after a refresh of stale scores trains at the progress read before the refresh)."""
         if self._progress is None:
             raise RuntimeError("distributed: no agreed progress yet (agree_plan must run before the first step)")
         return self._progress
@@ -335,7 +340,8 @@ def init(device: str, budget_s: float, start: float, now: Callable[[], float] = 
     collective times out ``GRACE_S`` after the deadline counted from ``start``."""
     launcher_exit_s = 0.0
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        launcher_exit_s = LAUNCHER_EXIT_SHARE * max(0.0, now() - process_start_time(now))
+        launcher_start_up = max(0.0, process_start_time(now) - start)
+        launcher_exit_s = min(LAUNCHER_EXIT_SHARE * launcher_start_up, LAUNCHER_EXIT_MAX_S)
     size = _env_int("WORLD_SIZE", 1)
     if size <= 1:
         world = World()
