@@ -88,7 +88,7 @@ def median_iqr(values: list[float]) -> str:
 
 
 def table(modes: list[Mode], budget: float) -> list[str]:
-    reference = next((m for m in modes if m.procs in (0, 1)), modes[0])
+    reference = next((m for m in modes if m.procs == 1), modes[0])  # the same launcher with one process
     head = ("| mode | ok | wall - B (s): median, worst | elapsed_s - B | samples/s: median [range or IQR] | "
             "ratio to " + reference.name + " (paired) | accuracy | steps | startup_s |")
     lines = [head, "|" + " --- |" * 9]
