@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from timebudget import data
 from timebudget.config import Config
 from timebudget.trainer import train
 
@@ -63,20 +64,9 @@ NOISE_RATE = 0.2
 
 
 # --- data sets -----------------------------------------------------------------------------------------------------
-def digits_arrays() -> tuple[np.ndarray, ...]:
-    """The digits split timebudget's own ``digits`` source uses (stratified 80/20, random_state=0)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).reshape(-1, 8, 8).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-    return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
-
-
 def write_noisy_digits(path: Path, rate: float = NOISE_RATE, seed: int = 0) -> None:
     """Digits with ``rate`` of the training labels replaced by a different class, chosen at random."""
-    x_train, y_train, x_test, y_test = digits_arrays()
+    x_train, y_train, x_test, y_test = data.digits_arrays()
     g = np.random.default_rng(seed)
     flip = g.permutation(len(y_train))[: round(rate * len(y_train))]
     y_noisy = y_train.copy()

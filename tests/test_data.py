@@ -5,6 +5,8 @@ import io
 import pickle
 import re
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -486,3 +488,21 @@ def test_unknown_data_lists_what_is_allowed() -> None:
     message = str(info.value)
     assert "unknown data 'imagenet'" in message
     assert all(name in message for name in (*data.NAMES, ".npz", "module:function"))
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_stratified_split_is_disjoint_complete_fixed_and_proportional(stratify: bool) -> None:
+    labels = np.repeat(np.arange(4), [50, 31, 7, 2])
+    train, test = data.stratified_split(labels, 0.2, seed=0, stratify=stratify)
+    assert len(test) == 18 and np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(labels)))
+    again = data.stratified_split(labels, 0.2, seed=0, stratify=stratify)
+    assert np.array_equal(test, again[1]) and not np.array_equal(test, data.stratified_split(labels, 0.2, 1)[1])
+    if stratify:  # each class within one sample of its proportional share
+        assert np.all(np.abs(np.bincount(labels[test], minlength=4) - np.array([50, 31, 7, 2]) * 0.2) < 1)
+
+
+def test_digits_load_without_importing_scikit_learn() -> None:
+    """scikit-learn's import costs about 0.6 s of a budget; the digits are read from the file it ships."""
+    code = "import sys; from timebudget import data; data.load('digits'); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
