@@ -65,6 +65,7 @@ class Config:
     tta: bool = False
     channels_last: bool = False
     compile: bool = False
+    compile_cache: str | None = None  # folder of the on-disk compile caches (timebudget.startup); None: ~/.cache/...
     data_path: str = "auto"
     save_checkpoints: int = 0
     explain: bool = False

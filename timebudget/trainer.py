@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import accel, artifacts, augment, config as config_module, data, distributed, models, sampler, schedules, \
-    strategies
+    startup, strategies
 from .averaging import EMA
 from .batches import Batches
 from .clock import BudgetClock
@@ -208,16 +208,25 @@ class _Run:
 
     def __init__(self, config: Config, clock: BudgetClock, world: distributed.World) -> None:
         self.clock, self.now, self.world = clock, clock.now, world
+        self.startup = startup.Startup(clock.start, clock.now)
         torch.manual_seed(config.seed)
         self.device = device = world.place(accel.resolve_device(config.device))
         accel.check_precision(config.precision, device)
         self.bundle = bundle = data.load(config.data, config.data_dir, config.image_size)
         self.config = config = resolve_defaults(config, bundle)
+        self.startup.mark("data")
         self.model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
         fmt = accel.memory_format(self.model, config.channels_last, bundle.kind == "image")
-        self.train_module = accel.compile_module(world.wrap(self.model), config.compile)  # DDP under torchrun
+        self.startup.mark("model")
         self.rank_batch = world.rank_batch(config.batch_size)
+        if config.compile:
+            self.startup.use_compile_cache(config.compile_cache, startup.cache_key(
+                config.model, bundle.input_shape, self.rank_batch, config.precision, config.channels_last,
+                device.type))
+        self.train_module = accel.compile_module(world.wrap(self.model), config.compile)  # DDP under torchrun
+        self.startup.mark("compile" if config.compile else "model")
         self.optimizer = build_optimizer(config, self.model)
+        self.startup.mark("optimizer")
         self.loss_fn = per_sample_loss(config, bundle.task)
         self.autocast = accel.autocast(config.precision, device)
         self.scaler = accel.grad_scaler(config.precision, device)
@@ -243,6 +252,7 @@ class _Run:
         self.seconds_scoring = 0.0
         self.kept_log: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
+        self.startup.mark("setup")
 
     # --- the pieces every stage uses -----------------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -341,6 +351,7 @@ class _Run:
                 f"(the first {self.step_times[0]:.2f} s) and the final evaluation and checkpoint {clock.reserve_s:.2f} "
                 f"s; the minimum for this data and model here is about {math.ceil(minimum * 1.2)} s"
             )
+        self.startup.mark("calibration")
 
     # --- the run folder ----------------------------------------------------------------------------------------
     def open_folder(self) -> None:
@@ -354,6 +365,7 @@ class _Run:
             if config.save_checkpoints:
                 self.checkpoint_dir.mkdir(exist_ok=True)
         self.log = self.world.metrics_log(self.out_dir / "metrics.jsonl")
+        self.startup.mark("folder")
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def loop(self) -> None:
@@ -563,6 +575,7 @@ class _Run:
                               for r in self.kept_log],
             "final_lr": self.schedule.lr,
             "startup_s": clock.training_started - clock.start,
+            "startup": self.startup.summary(clock.training_started, self.step_times),
             "calibration": {"step_s": self.step_times, "eval_s": self.eval_s, "save_s": self.save_s},
             "tail_reserved_s": clock.reserve_s,
             "weights_averaged": self.averaged is not None,
