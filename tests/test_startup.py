@@ -37,7 +37,8 @@ def test_parts_are_the_time_between_marks_and_compilation_leaves_calibration(fak
 
 def test_cache_key_names_model_shape_batch_precision_and_device() -> None:
     assert startup.cache_key("airnet", (3, 32, 32), 512, "bf16", True, "cuda") == "airnet-3x32x32-b512-bf16-cl-cuda"
-    assert startup.cache_key("my.models:wide net", (6,), 64, "fp32", False, "cpu") == "my.models_wide_net-6-b64-fp32-cpu"
+    key = startup.cache_key("my.models:wide net", (6,), 64, "fp32", False, "cpu")
+    assert key == "my.models_wide_net-6-b64-fp32-cpu"
 
 
 BUILD_COST = """
@@ -88,7 +89,8 @@ def test_the_default_job_imports_neither_scikit_learn_nor_torchvision(tmp_path: 
         import json, sys
         from timebudget import cli
         code = cli.main(["train", "--seconds", "6", "--quiet", "--out", "run"])
-        print(json.dumps([code, sorted(m for m in ("sklearn", "scipy", "torchvision", "matplotlib") if m in sys.modules)]))
+        heavy = ("sklearn", "scipy", "torchvision", "matplotlib")
+        print(json.dumps([code, sorted(m for m in heavy if m in sys.modules)]))
     """, tmp_path)
     assert json.loads(out.splitlines()[-1]) == [0, []]
     parts = json.loads((tmp_path / "run" / "summary.json").read_text())["startup"]
@@ -115,7 +117,8 @@ def test_compiled_runs_keep_their_cache_in_a_keyed_folder_cold_then_warm(tmp_pat
         parts = json.loads((tmp_path / run / "summary.json").read_text())["startup"]
         cache = parts["compile_cache"]
         assert parts["compiled"] and parts["compile_s"] > 0
-        assert cache["folder"] == str(tmp_path / "cache" / "mlp-6-b64-fp32-cpu") and cache["chosen_by"] == "compile_cache"
+        assert cache["folder"] == str(tmp_path / "cache" / "mlp-6-b64-fp32-cpu")
+        assert cache["chosen_by"] == "compile_cache"
         states.append((cache["state"], cache["fx_graph"]["miss"] > 0, cache["fx_graph"]["hit"] > 0))
     assert states == [("cold", True, False), ("warm", False, True)]
     assert any((tmp_path / "cache" / "mlp-6-b64-fp32-cpu" / "fxgraph").iterdir())

@@ -168,7 +168,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     spec = importlib.util.find_spec("sklearn")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
     if path is None or not path.is_file():
-        raise TimebudgetError("--data digits needs scikit-learn, whose package ships the digits (pip install scikit-learn)")
+        raise TimebudgetError("--data digits reads the digits scikit-learn ships; install it: pip install scikit-learn")
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
     x, y = (table[:, :-1] / 16.0).reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     train, test = stratified_split(y, test_fraction=0.2, seed=0)
