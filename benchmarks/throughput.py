@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from timebudget import augment, data, models, strategies
+from timebudget import accel, augment, data, models, strategies
 from timebudget.config import Config
 from timebudget.errors import BudgetTooSmall
 from timebudget.scores import ScoreTable
@@ -61,17 +61,20 @@ class Case:
 
 
 def plain_loop(
-    x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, case: Case, lr: float, seconds: float
+    x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, case: Case, lr: float, seconds: float, optimizer: str
 ) -> float:
     """The baseline: data resident on the device, shuffled index batches, SGD with Nesterov momentum, a linear
     learning-rate decay by time, and the case's options (autocast, channels_last, compile, batched crop and flip).
+    ``optimizer``: ``same`` runs the update timebudget runs (``accel.optimizer_options``: fused where torch has it),
+    so the ratio is the loop's own overhead; ``default`` runs torch's default update.
     Returns samples per second inside the loop (after warm-up steps, which also compile)."""
     device = torch.device(case.device)
     memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
     x, y = x.to(device).contiguous(memory_format=memory_format), y.to(device)
     model.to(device, memory_format=memory_format).train()
     forward = torch.compile(model, dynamic=False) if case.compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    options = accel.optimizer_options(list(model.parameters())) if optimizer == "same" else {}
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4, **options)
     dtype = torch.bfloat16 if case.precision == "bf16" else None
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     aug_gen = torch.Generator(device).manual_seed(0)
@@ -138,7 +141,8 @@ def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
                 torch.manual_seed(r)
                 if run == "plain":
                     model = models.build(case.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
-                    rates["plain"].append(plain_loop(bundle.train.x, bundle.train.y, model, case, 0.1, args.seconds))
+                    rates["plain"].append(plain_loop(bundle.train.x, bundle.train.y, model, case, 0.1, args.seconds,
+                                                     args.plain_optimizer))
                     continue
                 # the budget also holds start-up, calibration (seconds for resnet18 on a CPU, or a compilation) and
                 # the tail, which the last run measured: the training loop gets about the plain loop's seconds
@@ -210,6 +214,8 @@ def main() -> None:
                         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
                         help="which cases to run (default: CPU, and CUDA when available)")
     parser.add_argument("--models", nargs="+", help="only the cases of these models (e.g. resnet18)")
+    parser.add_argument("--plain-optimizer", choices=("same", "default"), default="same",
+                        help="the plain loop's update: same as timebudget's (fused; default) or torch's default")
     parser.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="N for the ranking costs")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 s runs, 1 round, N up to 1e5")
     args = parser.parse_args()

@@ -84,9 +84,10 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    options = accel.optimizer_options(decay + rest)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0, **options)
+    return torch.optim.AdamW(groups, lr=config.lr, **options)
 
 
 def per_sample_loss(config: Config, task: str) -> LossFn:
@@ -380,13 +381,13 @@ class _Run:
         stop = self.world.agree_stop(clock.should_stop())
         while not stop:
             order, chunks, weights = self.plan_epoch()
-            epoch_losses = torch.empty(len(order), device=device)
-            done = logged = 0  # samples of this epoch trained / already logged
+            epoch_losses: list[torch.Tensor] = []  # per step; joined per log record and per epoch, not copied per step
+            done = logged = 0  # samples of this epoch trained / steps already logged
             for x, y, idx in self.train_batches.iterate(chunks):
                 p = self.world.progress(clock.progress())  # under torchrun: rank 0's, so every replica steps alike
                 lr = self.schedule.apply(p)
                 losses = self.step(x, y, weights[idx.to(device, non_blocking=True)] if weights is not None else None)
-                epoch_losses[done:done + len(idx)] = losses
+                epoch_losses.append(losses)
                 done += len(idx)
                 self.steps += 1
                 self.samples += len(idx) * self.world.size  # all ranks' samples: equal shards
@@ -396,8 +397,8 @@ class _Run:
                     else:
                         self.averaged.update()
                 if self.steps % config.log_every == 0:
-                    loss_value = self.log_step(lr, epoch_losses[logged:done])
-                    logged = done
+                    loss_value = self.log_step(lr, torch.cat(epoch_losses[logged:]))
+                    logged = len(epoch_losses)
                     if loss_value is not None:
                         bar.update(clock.elapsed(), lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
                 local_stop = clock.step_done()
@@ -417,10 +418,11 @@ class _Run:
                     stop = True
                     break
             t0 = now()
-            self.scores.record(*self.world.all_gather_losses(order[:done], epoch_losses[:done]), self.steps)
+            joined = torch.cat(epoch_losses) if epoch_losses else torch.empty(0, device=device)
+            self.scores.record(*self.world.all_gather_losses(order[:done], joined), self.steps)
             self.seconds_scoring += now() - t0
-            if done > logged:
-                self.log_step(self.schedule.lr, epoch_losses[logged:done])
+            if len(epoch_losses) > logged:
+                self.log_step(self.schedule.lr, torch.cat(epoch_losses[logged:]))
             self.write_step_log()
             self.epochs += 1
             self.log.flush()
