@@ -125,7 +125,8 @@ def main() -> None:
         chosen = [name for name in ["floor", *rows] if not args.configs or name in args.configs]
         results: dict[str, list[dict]] = {name: [] for name in chosen}
         # a first guess; a refused run is retried with the minimum the refusal names, later runs are sized from it
-        budgets = {name: (30.0 if "compile" in name or "fast" in name else 10.0) for name in chosen}
+        budgets = {name: 45.0 if name.endswith("cold") else 20.0 if "compile" in name or "fast" in name else 10.0
+                   for name in chosen}
         warm_cache: dict[str, Path] = {}
         for r in range(args.runs):
             for name in chosen if r % 2 == 0 else chosen[::-1]:  # alternate the order: drifts favour no row
@@ -148,11 +149,16 @@ def main() -> None:
                 budgets[name] = max(used if name.endswith("cold") else 0.0, 1.3 * parts["total_s"] + 4)
                 state = parts.get("compile_cache", {}).get("state", "-")
                 print(f"  round {r} {name:<22} start-up {parts['total_s']:.2f} s (cache {state})", flush=True)
-    print("\nSeconds from process start to the first training step: median [min-max] over runs; parts are medians")
-    print(f"{'configuration':<22}{'runs':>5}{'total':>22}  {'cache':<8}" + "".join(f"{p:>12}" for p in PARTS))
+    print("\nSeconds from process start to the first training step: median [min-max] over runs; 'over floor' is the "
+          "median over rounds of the run's start-up minus the floor's in the same round; parts are medians")
+    print(f"{'configuration':<22}{'runs':>5}{'total':>22}{'over floor':>12}  {'cache':<8}"
+          + "".join(f"{p:>12}" for p in PARTS))
+    floors = [run["total_s"] for run in results.get("floor", [])]
     for name, runs in results.items():
         states = sorted({run.get("compile_cache", {}).get("state", "-") for run in runs})
-        row = f"{name:<22}{len(runs):>5}{spread([run['total_s'] for run in runs]):>22}  {'/'.join(states):<8}"
+        over = (f"{statistics.median(r['total_s'] - f for r, f in zip(runs, floors)):>12.2f}"
+                if floors and name != "floor" else f"{'-':>12}")
+        row = f"{name:<22}{len(runs):>5}{spread([run['total_s'] for run in runs]):>22}{over}  {'/'.join(states):<8}"
         for part in PARTS:
             values = [run[f"{part}_s"] for run in runs if f"{part}_s" in run]
             row += f"{statistics.median(values):>12.3f}" if values else f"{'-':>12}"

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import FakeClock
 from timebudget import Config, startup, train
@@ -107,7 +108,7 @@ def test_compiled_runs_keep_their_cache_in_a_keyed_folder_cold_then_warm(tmp_pat
     x = g.normal(size=(320, 6)).astype(np.float32)
     np.savez(tmp_path / "tab.npz", x_train=x[:256], y_train=(x[:256, 0] > 0).astype(np.int64), x_test=x[256:],
              y_test=(x[256:, 0] > 0).astype(np.int64))
-    states = []
+    states, key = [], f"mlp-6-b64-fp32-{'cuda' if torch.cuda.is_available() else 'cpu'}"
     for run in ("cold", "warm"):  # the run's clock moves 1 ms per reading: compilation takes no time on it
         run_python(f"""
             import itertools
@@ -119,8 +120,8 @@ def test_compiled_runs_keep_their_cache_in_a_keyed_folder_cold_then_warm(tmp_pat
         parts = json.loads((tmp_path / run / "summary.json").read_text())["startup"]
         cache = parts["compile_cache"]
         assert parts["compiled"] and parts["compile_s"] > 0
-        assert cache["folder"] == str(tmp_path / "cache" / "mlp-6-b64-fp32-cpu")
+        assert cache["folder"] == str(tmp_path / "cache" / key)
         assert cache["chosen_by"] == "compile_cache"
         states.append((cache["state"], cache["fx_graph"]["miss"] > 0, cache["fx_graph"]["hit"] > 0))
     assert states == [("cold", True, False), ("warm", False, True)]
-    assert any((tmp_path / "cache" / "mlp-6-b64-fp32-cpu" / "fxgraph").iterdir())
+    assert any((tmp_path / "cache" / key / "fxgraph").iterdir())

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 16 in one go, for a session that has a CUDA device: about 8 minutes on one H100 or H200.
+#
+#   bash benchmarks/gpu_check.sh              # logs under $OUT if set, else runs/gpu-check-<time>/
+#   TOTAL_S=600 bash benchmarks/gpu_check.sh  # a larger overall limit
+#
+# Sections, most important first, each with its own time limit, clipped to what is left of TOTAL_S (480 s by
+# default); a section cut short says so in summary.txt, and the next ones still run while time is left:
+#   env          nvidia-smi, torch and CUDA versions
+#   tests        the CUDA tests (tests/test_accel.py: end-to-end CUDA runs incl. compile, the CUDA timeline) and the
+#                start-up tests
+#   profile      benchmarks/step_profile.py: kernel launches, event records and host time per step, timebudget's
+#                loop against the plain loop, resnet18 bf16 on a CIFAR-shaped set
+#   resnet18     benchmarks/throughput.py, resnet18 bf16: full and selective against the plain loop (paired rounds)
+#   startup      benchmarks/startup.py CUDA rows: the digits job, the fast config without compile, with a cold and a
+#                warm compile cache (the goal: under 5 s warm)
+#   airnet       benchmarks/throughput.py, the fast config's step (airnet, bf16, channels_last, compile)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+TOTAL_S=${TOTAL_S:-480}
+START=$(date +%s)
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+
+section() {  # section NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S and the time left; log its status
+    local name=$1 limit=$2
+    shift 2
+    local left=$((TOTAL_S - ($(date +%s) - START)))
+    if ((left < 20)); then
+        echo "$name: skipped, ${left} s left of TOTAL_S=${TOTAL_S}" | tee -a "$SUMMARY"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    local t0=$(date +%s)
+    echo "== $name (limit ${limit} s): $*" | tee -a "$SUMMARY"
+    timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    local note=""
+    ((rc == 124 || rc == 130)) && note=" (cut at the time limit: partial)"
+    echo "$name: exit $rc after $(($(date +%s) - t0)) s$note" | tee -a "$SUMMARY"
+    tail -n 25 "$OUT/$name.log" >> "$SUMMARY"
+}
+
+section env 30 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, \
+torch.cuda.get_device_name(), torch.cuda.is_available())'"
+section tests 150 "$PY" -m pytest tests/test_accel.py tests/test_startup.py -q -x -rs
+section profile 60 "$PY" benchmarks/step_profile.py --device cuda --model resnet18 --data cifar-shaped \
+    --precision bf16 --seconds 6
+section resnet18 90 "$PY" benchmarks/throughput.py --devices cuda --models resnet18 --seconds 4 --rounds 3 \
+    --sizes 1e4,1e6
+section startup 200 "$PY" benchmarks/startup.py --configs floor cuda cuda-fast-nocompile cuda-fast-cold \
+    cuda-fast-warm --runs 2
+section airnet 150 "$PY" benchmarks/throughput.py --devices cuda --models airnet --seconds 4 --rounds 2 --sizes 1e4
+echo "total $(($(date +%s) - START)) s; logs in $OUT" | tee -a "$SUMMARY"
