@@ -195,6 +195,8 @@ def test_cuda_timeline_logic_on_a_simulated_gpu(monkeypatch: pytest.MonkeyPatch)
     drains the queue and re-anchors."""
     gpu = FakeGpu()
     gpu.install(monkeypatch)
+    created: list[FakeEvent] = []
+    monkeypatch.setattr(torch.cuda, "Event", lambda enable_timing=False: created.append(FakeEvent(gpu)) or created[-1])
     timeline = accel.CudaTimeline(lambda: gpu.t, torch.device("cuda"))
 
     def launch(steps: int) -> None:
@@ -215,6 +217,8 @@ def test_cuda_timeline_logic_on_a_simulated_gpu(monkeypatch: pytest.MonkeyPatch)
     assert timeline.collect(max_unfinished=0) == []
     launch(1)  # after the re-anchor, ends are dated from the new anchor
     assert timeline.collect(max_unfinished=0) == pytest.approx([100.7])
+    anchors = 4  # the first and one per collect(0)
+    assert len(created) == anchors + 5  # 7 steps marked, but read events are recorded again: at most 5 at once
 
 
 def test_a_run_timed_through_a_lagging_device_timeline_ends_on_time(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

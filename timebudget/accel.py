@@ -109,6 +109,7 @@ class CudaTimeline:
         self.now, self.device = now, device
         self.stream = torch.cuda.current_stream(device)  # the one the training step's kernels are queued on
         self.unfinished: deque[torch.cuda.Event] = deque()
+        self.spare: list[torch.cuda.Event] = []  # read events, recorded again: no event created and freed per step
         self._anchor()
 
     def _anchor(self) -> None:
@@ -119,7 +120,7 @@ class CudaTimeline:
         self.anchor_t = self.now()
 
     def mark(self) -> None:
-        event = torch.cuda.Event(enable_timing=True)
+        event = self.spare.pop() if self.spare else torch.cuda.Event(enable_timing=True)
         event.record(self.stream)
         self.unfinished.append(event)
 
@@ -129,6 +130,7 @@ class CudaTimeline:
             event = self.unfinished.popleft()
             event.synchronize()  # at once when the query said finished; else the wait for the oldest step
             ends.append(self.anchor_t + self.anchor.elapsed_time(event) / 1000)
+            self.spare.append(event)
         if max_unfinished == 0:
             self._anchor()
         return ends
