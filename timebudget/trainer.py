@@ -7,8 +7,9 @@ partial evaluation and a checkpoint serialisation, so the tail is reserved from 
 fit is refused before anything is written.
 
 Per step the loop does no host-device synchronisation and no work that grows with the data set: losses stay on the
-device, in one per-epoch buffer written to the score table with one vectorised scatter when the epoch ends; on CUDA
-the clock reads step ends from events a few steps late, and a logged loss is read one record late.
+device, listed per step (no copy) and joined once per log record and once per epoch, when one vectorised scatter
+writes them to the score table; on CUDA the clock reads step ends from events a few steps late, and a logged loss is
+read one record late.
 """
 from __future__ import annotations
 
