@@ -148,11 +148,14 @@ def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
                 # the tail, which the last run measured: the training loop gets about the plain loop's seconds
                 cfg = Config(seconds=args.seconds + extra, data=case.spec, strategy=run, quiet=True, seed=r,
                              out=str(tmp / f"{case.label}-{case.model}-{run}-{r}"), **case.config())
-                try:
-                    s = train(cfg).summary
-                except BudgetTooSmall:
-                    extra *= 2
-                    s = train(dataclasses.replace(cfg, seconds=args.seconds + extra)).summary
+                for attempt in range(4):  # a loaded machine can make start-up and calibration several times slower
+                    try:
+                        s = train(dataclasses.replace(cfg, seconds=args.seconds + extra)).summary
+                        break
+                    except BudgetTooSmall:
+                        if attempt == 3:
+                            raise
+                        extra *= 2
                 extra = s["budget_s"] - s["train_s"]
                 rates[run].append(s["samples_per_s"])
                 if run == "selective":
