@@ -91,7 +91,7 @@ def test_the_default_job_imports_neither_scikit_learn_nor_torchvision(tmp_path: 
         import itertools, json, sys
         from timebudget import Config, cli, train
         ticks = itertools.count()
-        train(Config(seconds=2, quiet=True, out="run"), now=lambda: next(ticks) / 1000)
+        train(Config(seconds=0.5, quiet=True, out="run"), now=lambda: next(ticks) / 1000)
         heavy = ("sklearn", "scipy", "torchvision", "matplotlib")
         print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
     """, tmp_path)
