@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--explain", action="store_true", help="after the deadline, run `timebudget explain` on the run "
                    "folder with its defaults; this runs outside the budget (same as --set explain=true)")
     _add_explain_parser(sub)
+    from .federated import launcher  # no flwr import: the command is listed, and refused in one line without it
+
+    launcher.add_parser(sub)
     return parser
 
 
@@ -163,7 +166,12 @@ def _explain(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code = _explain(args) if args.command == "explain" else _train(args)
+        if args.command == "federated":
+            from .federated import launcher
+
+            code = launcher.main(args)
+        else:
+            code = _explain(args) if args.command == "explain" else _train(args)
     except BudgetTooSmall as exc:
         print(f"timebudget: error: {exc}", file=sys.stderr)
         code = EXIT_BUDGET_TOO_SMALL

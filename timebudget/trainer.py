@@ -43,6 +43,21 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
+class RunHooks:
+    """How a caller that runs ``train`` repeatedly (a federated client, one call per round) shapes one run, without
+    the loop knowing why: ``subset`` maps the loaded bundle (e.g. to this client's partition), ``weights`` and
+    ``scores`` are the state to start from instead of a fresh model and an empty score table, ``schedule`` replaces
+    the configured learning-rate schedule (a multiplier of ``lr`` by window fraction), and ``wrap_step`` wraps the
+    optimizer step (e.g. to slow it down on purpose). Every field is optional; ``RunHooks()`` changes nothing."""
+
+    subset: Callable[[data.DataBundle], data.DataBundle] | None = None
+    weights: dict[str, torch.Tensor] | None = None
+    scores: dict[str, torch.Tensor] | None = None
+    schedule: schedules.Schedule | None = None
+    wrap_step: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None
+
+
+@dataclass
 class TrainResult:
     out_dir: Path
     summary: dict[str, Any]
@@ -175,6 +190,7 @@ def train(
     config: Config,
     start: float | None = None,
     now: Callable[[], float] = time.monotonic,
+    hooks: RunHooks | None = None,
 ) -> TrainResult:
     """Train for ``config.seconds`` of wall time counted from ``start`` (default: now) and write the run folder.
 
@@ -193,7 +209,7 @@ def train(
                                   "folder")
         if not world.is_writer:
             config = dataclasses.replace(config, quiet=True)
-        run = _Run(config, clock, world)
+        run = _Run(config, clock, world, hooks or RunHooks())
         run.calibrate()
         run.open_folder()
         run.loop()
@@ -208,16 +224,22 @@ class _Run:
     Set-up and calibration write nothing, so bad input and a budget too small leave no run folder behind.
     """
 
-    def __init__(self, config: Config, clock: BudgetClock, world: distributed.World) -> None:
+    def __init__(self, config: Config, clock: BudgetClock, world: distributed.World, hooks: RunHooks) -> None:
         self.clock, self.now, self.world = clock, clock.now, world
         self.startup = startup.Startup(clock.start, clock.now)
         torch.manual_seed(config.seed)
         self.device = device = world.place(accel.resolve_device(config.device))
         accel.check_precision(config.precision, device)
         self.bundle = bundle = data.load(config.data, config.data_dir, config.image_size)
+        if hooks.subset is not None:
+            self.bundle = bundle = hooks.subset(bundle)
         self.config = config = resolve_defaults(config, bundle)
         self.startup.mark("data")
         self.model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
+        if hooks.weights is not None:
+            self.model.load_state_dict(hooks.weights)
+        if hooks.wrap_step is not None:
+            self.step = hooks.wrap_step(self.step)  # type: ignore[method-assign]
         fmt = accel.memory_format(self.model, config.channels_last, bundle.kind == "image")
         self.startup.mark("model")
         self.rank_batch = world.rank_batch(config.batch_size)
@@ -242,10 +264,11 @@ class _Run:
         # on the device: no copy per step; under torchrun each rank draws its own augmentations
         self.aug_gen = torch.Generator(device).manual_seed(world.seed(config.seed + 1))
         self.scores = ScoreTable(self.n, device=device)
+        if hooks.scores is not None:
+            self.scores.load_state_dict(hooks.scores)
         self.strategy = strategies.build(config, bundle.task)
-        self.schedule = schedules.TimeSchedule(
-            self.optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
-        )
+        schedule = hooks.schedule or schedules.build(config.schedule, config.warmup, config.step_milestones)
+        self.schedule = schedules.TimeSchedule(self.optimizer, config.lr, schedule)
         self.averaged: EMA | None = None
         self.pending_step: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
         clock.timeline = accel.timeline(device, clock.now)

@@ -1,0 +1,72 @@
+"""The ClientApp: a Flower client that trains until its round's deadline and answers before it.
+
+Flower 1.42 starts a fresh ``flwr-clientapp`` process for every message (the SuperNode's SuperExec launches one per
+task), so everything this client costs before training (its process start, the flwr, torch and data imports, loading
+the weights) is inside the round: the budget counts from the server's send (the message's ``created_at``, and at the
+latest this process's start), and the reply's cost (serialising the weights, Flower's delivery) is reserved at the
+end. State across rounds (the score table) lives in the client's own folder under the run's ``out``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..clock import process_start_time
+from ..errors import TimebudgetError, first_line
+from . import local
+from .settings import REPLY_PATH_KEY, NodeSettings, RunSettings
+
+# The SuperNode looks for finished replies every 0.5 s (flwr 1.42): a measured reply path may have caught it at once.
+REPLY_JITTER_S = 0.5
+
+ERROR_CODE = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the server logs the reason and drops the reply
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return train_reply(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """The global weights' metrics on this client's share of the test split."""
+    run, node = RunSettings.from_run_config(context.run_config), NodeSettings.from_node_config(context.node_config)
+    metrics = local.local_metrics(msg.content["arrays"].to_torch_state_dict(), run, node)
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.monotonic,
+                wall: Callable[[], float] = time.time, process_start: float | None = None) -> Message:
+    """Train the message's weights for the round's cap (the server's ``round-seconds``, bounded by this node's
+    ``cap-seconds``) and reply with the new weights and metrics; a cap too small, or bad settings, get an error
+    reply at once (the server logs it) instead of a late or missing one. ``process_start`` (on ``now``'s scale)
+    defaults to this process's start: Flower starts the ClientApp's process for the message."""
+    try:
+        run, node = RunSettings.from_run_config(context.run_config), NodeSettings.from_node_config(context.node_config)
+        round_config = msg.content["config"]
+        server_round = int(round_config["server-round"])
+        cap = float(round_config.get("round-seconds", run.round_seconds))
+        if node.cap_seconds is not None:
+            cap = min(cap, node.cap_seconds)
+        process_start = process_start_time(now) if process_start is None else process_start
+        start = local.budget_start(msg.metadata.created_at, cap, process_start, now, wall)
+        t0 = now()
+        startup = {"delivery-seconds": process_start - start, "startup-seconds": t0 - process_start}
+        weights = msg.content["arrays"].to_torch_state_dict()
+        ArrayRecord(weights)  # time one serialisation: the reply's own
+        path = round_config.get(f"{REPLY_PATH_KEY}.{context.node_id}")
+        reply_s = (now() - t0) + (float(path) + REPLY_JITTER_S if path is not None else run.reply_reserve)
+        if run.mode == "epochs":
+            result = local.fixed_epochs(weights, run, node, run.local_epochs, now)
+        else:
+            result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now)
+        arrays = ArrayRecord(result.weights)
+        metrics = MetricRecord({**result.metrics, **startup, "cap-seconds": cap, "client-seconds": now() - start})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    except TimebudgetError as exc:
+        return Message(Error(code=ERROR_CODE, reason=f"timebudget: {first_line(exc)}"), reply_to=msg)

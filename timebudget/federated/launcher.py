@@ -1,0 +1,355 @@
+"""``timebudget federated``: a real Flower deployment on 127.0.0.1 (SuperLink, one SuperNode per client, the
+ServerApp started with ``flwr run``), the way Flower's own end-to-end tests run one without Ray.
+
+Every process is started in a session of its own, and on success, error, Ctrl-C or SIGTERM its whole process group
+(the SuperExec and ``flwr-clientapp``/``flwr-serverapp`` processes it started included) is terminated, then killed,
+so nothing is left behind. Ports are found free by binding to port 0. No flwr import here: without flwr the command
+is refused in one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import artifacts
+from ..errors import TimebudgetError
+from .settings import NodeSettings, RunSettings
+
+INSTALL_HINT = "timebudget federated needs Flower: pip install 'timebudget[federated]' (flwr>=1.21,<1.43)"
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+APP_TOML = """[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "timebudget-federated"
+version = "1.0.0"
+description = "timebudget clients under a round deadline"
+license = "MIT"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "timebudget"
+
+[tool.flwr.app.components]
+serverapp = "timebudget.federated.server:app"
+clientapp = "timebudget.federated.client:app"
+
+[tool.flwr.app.config]
+{config}
+"""
+
+
+def add_parser(sub: Any) -> None:
+    f = sub.add_parser(
+        "federated",
+        help="a Flower federation on 127.0.0.1 whose clients train until each round's deadline",
+        description="Start a SuperLink, one SuperNode per client and the ServerApp (FedAvg, the round's cap as its "
+        "timeout, central evaluation after each round) on 127.0.0.1, run the rounds, and stop every process. Writes "
+        "OUT/rounds.jsonl and OUT/summary.json and prints a table. Needs the federated extra (flwr).",
+    )
+    f.add_argument("--clients", type=int, default=2, help="number of clients (SuperNodes), default 2")
+    f.add_argument("--rounds", type=int, default=3, help="number of rounds, default 3")
+    f.add_argument("--round-seconds", dest="round_seconds", type=float, default=10.0,
+                   help="each round's cap: the server's timeout and every client's deadline (default 10)")
+    f.add_argument("--data", default="digits", help="any --data of timebudget train (default digits)")
+    f.add_argument("--data-dir", dest="data_dir", default="", metavar="DIR")
+    f.add_argument("--model", default="", help="any --model of timebudget train (default from the data)")
+    f.add_argument("--strategy", default="full", help="sample selection on each client (default full)")
+    f.add_argument("--partition", default="iid", help="iid (default) or dirichlet:ALPHA (label skew)")
+    f.add_argument("--client-speed", dest="client_speed", default="",
+                   help="comma-separated speed per client, e.g. 1,1,0.25 (0.25: four times slower); default all 1")
+    f.add_argument("--client-caps", dest="client_caps", default="",
+                   help="comma-separated cap in seconds per client, empty for none, e.g. 20,,10")
+    f.add_argument("--mode", default="timebudget", choices=("timebudget", "epochs"),
+                   help="timebudget (default): train until the deadline; epochs: a fixed number of local epochs "
+                   "(Flower's quickstart), for comparison")
+    f.add_argument("--local-epochs", dest="local_epochs", type=int, default=1, help="epochs per round in epochs mode")
+    f.add_argument("--lr-decay", dest="lr_decay", default="round", choices=("round", "federation"),
+                   help="round (default): the learning rate decays to zero within each round; federation: one linear "
+                   "decay across all rounds")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config field of every client's run, repeatable (e.g. --set batch_size=32)")
+    f.add_argument("--out", required=True, metavar="DIR", help="output folder (rounds.jsonl, summary.json, logs/)")
+    f.add_argument("--quiet", action="store_true", help="no table")
+
+
+def per_client(text: str, clients: int, name: str, allow_empty: bool) -> list[float | None]:
+    """``1,1,0.25`` as one positive number (or, where allowed, nothing) per client; a wrong length is an error."""
+    if not text:
+        return [None] * clients
+    items = text.split(",")
+    if len(items) != clients:
+        raise TimebudgetError(f"--{name} has {len(items)} values for {clients} clients; give one per client")
+    values: list[float | None] = []
+    for item in items:
+        if not item.strip() and allow_empty:
+            values.append(None)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise TimebudgetError(f"--{name}: {item!r} is not a positive number")
+        values.append(value)
+    return values
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, list[NodeSettings]]:
+    out = Path(args.out).resolve()
+    run = RunSettings(out=str(out), rounds=args.rounds, round_seconds=args.round_seconds, clients=args.clients,
+                      data=args.data, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
+                      model=args.model, strategy=args.strategy, partition=args.partition, seed=args.seed,
+                      mode=args.mode, local_epochs=args.local_epochs, lr_decay=args.lr_decay,
+                      overrides=" ".join(args.set)).validate()
+    speeds = per_client(args.client_speed, run.clients, "client-speed", allow_empty=False)
+    caps = per_client(args.client_caps, run.clients, "client-caps", allow_empty=True)
+    nodes = [NodeSettings(i, run.clients, speeds[i] or 1.0, caps[i]) for i in range(run.clients)]
+    return run, nodes
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now (bound to port 0 together, so they differ), for the processes to take."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def flower_tool(name: str) -> str:
+    """A Flower executable: next to this Python's (the same environment), else on PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise TimebudgetError(f"{name} not found next to {sys.executable} or on PATH; {INSTALL_HINT}")
+    return found
+
+
+def toml_value(value: Any) -> str:
+    return json.dumps(value)  # TOML basic strings, integers, floats and booleans read like JSON
+
+
+class Deployment:
+    """The processes of one loopback federation, each in its own session so the group can be stopped as a whole."""
+
+    def __init__(self, out: Path, env: dict[str, str]) -> None:
+        self.out, self.env = out, env
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=self.out)
+        self.procs.append((name, proc))
+        return proc
+
+    def wait_listening(self, name: str, proc: subprocess.Popen[bytes], ports: Sequence[int]) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all(listening(p) for p in ports):
+            if proc.poll() is not None:
+                raise TimebudgetError(f"{name} exited with code {proc.returncode} before listening on 127.0.0.1:"
+                                      f"{','.join(map(str, ports))} (a port in use?): {self.last_line(name)}")
+            if time.monotonic() > deadline:
+                raise TimebudgetError(f"{name} did not listen on 127.0.0.1:{','.join(map(str, ports))} within "
+                                      f"{READY_TIMEOUT_S:g} s; see {self.logs / (name + '.log')}")
+            time.sleep(0.1)
+
+    def last_line(self, name: str) -> str:
+        lines = [l for l in (self.logs / f"{name}.log").read_text(errors="replace").splitlines() if l.strip()]
+        return lines[-1].strip() if lines else "(no output)"
+
+    def stop(self) -> None:
+        """SIGTERM to every process group, then SIGKILL to the groups still alive after a grace period."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for _, proc in reversed(self.procs):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + STOP_GRACE_S
+            while time.monotonic() < deadline and any(group_alive(p.pid) for _, p in self.procs):
+                for _, proc in self.procs:
+                    proc.poll()
+                time.sleep(0.05)
+            if not any(group_alive(p.pid) for _, p in self.procs):
+                break
+        for _, proc in self.procs:
+            proc.poll()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(_pgid(pid) == pgid and not _zombie(pid) for pid in _pids())
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()] if os.path.isdir("/proc") else []
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].decode().split()
+    except OSError:
+        return []
+
+
+def _pgid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[2]) if len(fields) > 2 else None
+
+
+def _zombie(pid: int) -> bool:
+    fields = _stat(pid)
+    return not fields or fields[0] == "Z"
+
+
+def deploy(run: RunSettings, nodes: list[NodeSettings]) -> float:
+    """Run the federation to its end; returns its wall seconds. Raises TimebudgetError when it cannot run."""
+    if importlib.util.find_spec("flwr") is None:
+        raise TimebudgetError(INSTALL_HINT)
+    out = Path(run.out)
+    if (out / "rounds.jsonl").exists():
+        raise TimebudgetError(f"--out {str(out)!r} already holds a federated run (rounds.jsonl); choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tools = {name: flower_tool(name) for name in ("flower-superlink", "flower-supernode", "flwr")}
+    link_port, *node_ports = free_ports(1 + len(nodes))  # flwr 1.42: one HTTP port for Fleet, Control and Runtime
+    home = out / ".flwr"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+                                      f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    app = out / "app"
+    app.mkdir(exist_ok=True)
+    config = "\n".join(f"{k} = {toml_value(v)}" for k, v in run.to_run_config().items())
+    (app / "pyproject.toml").write_text(APP_TOML.format(config=config))
+    package_root = str(Path(__file__).resolve().parents[2])  # this timebudget, also in Flower's subprocesses
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "FLWR_TELEMETRY_ENABLED": "0",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(nodes)))),
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
+           "PATH": os.pathsep.join((str(Path(tools["flwr"]).parent), os.environ.get("PATH", "")))}  # flower-superexec
+    deployment = Deployment(out, env)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    t0 = time.monotonic()
+    try:
+        link = deployment.start("superlink", [
+            tools["flower-superlink"], "--insecure", "--database", ":flwr-in-memory:", "--host", "127.0.0.1",
+            "--port", str(link_port), "--disable-runtime-dependency-installation"])
+        deployment.wait_listening("superlink", link, [link_port])
+        for node, port in zip(nodes, node_ports):
+            deployment.start(f"supernode_{node.partition_id}", [
+                tools["flower-supernode"], "--insecure", "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
+                "--port", str(port), "--node-config", node.to_node_config(), "--max-retries", "0"])
+        for node, port in zip(nodes, node_ports):
+            name = f"supernode_{node.partition_id}"
+            deployment.wait_listening(name, dict(deployment.procs)[name], [port])
+        flwr = deployment.start("serverapp", [tools["flwr"], "run", str(app), "loopback", "--stream"])
+        limit = READY_TIMEOUT_S + run.rounds * (run.round_seconds + 30.0)
+        try:
+            code = flwr.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise TimebudgetError(f"the federation did not finish within {limit:g} s; see {deployment.logs}") from None
+        if code != 0 or not (out / "global_model.pt").exists():
+            raise TimebudgetError(f"the ServerApp failed (flwr run exited {code}): {deployment.last_line('serverapp')}"
+                                  f"; logs in {deployment.logs}")
+        return time.monotonic() - t0
+    finally:
+        deployment.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float) -> dict[str, Any]:
+    """summary.json: per client the share of replies in time, samples and seconds per round, and the seconds it
+    idled (the round lasted until the server's last in-time reply or its timeout; a client idles after its reply)."""
+    records = [json.loads(l) for l in (Path(run.out) / "rounds.jsonl").read_text().splitlines() if l.strip()]
+    replies = [r for r in records if "node" in r]
+    rounds = {r["round"]: r for r in records if "test_metrics" in r}
+    round_end = {}
+    for r in range(1, run.rounds + 1):
+        mine = [x for x in replies if x["round"] == r]
+        late = any(not x["in_time"] for x in mine)
+        round_end[r] = run.round_seconds if late or not mine else max(x["seconds"] for x in mine)
+    clients = []
+    for node in nodes:
+        mine = [x for x in replies if x["client"] == node.partition_id]
+        ok = [x for x in mine if x["in_time"] and "error" not in x]
+        clients.append({
+            "client": node.partition_id, "speed": node.speed, "cap_s": node.cap_seconds,
+            "replies": len(mine), "in_time": len(ok), "in_time_pct": 100.0 * len(ok) / max(len(mine), 1),
+            "errors": sorted({x["error"] for x in mine if "error" in x}),
+            "samples_per_round": sum(x["samples"] or 0 for x in ok) / max(len(ok), 1),
+            "seconds_per_round": sum(x["seconds"] for x in ok) / max(len(ok), 1),
+            "idle_s": sum(round_end[x["round"]] - x["seconds"] for x in ok),
+        })
+    final = rounds.get(run.rounds, {})
+    summary = {"settings": run.to_run_config(), "wall_s": round(wall_s, 2), "clients": clients,
+               "unattributed_replies": sum(1 for x in replies if x["client"] is None),
+               "rounds": [{"round": r, "test_metrics": rec["test_metrics"], "elapsed_s": rec["elapsed_s"]}
+                          for r, rec in sorted(rounds.items())],
+               "final_test_metrics": final.get("test_metrics")}
+    artifacts.write_json(Path(run.out) / "summary.json", summary)
+    return summary
+
+
+def table(summary: dict[str, Any]) -> str:
+    lines = ["client  speed  cap_s  in time  samples/round  seconds/round  idle_s  errors"]
+    for c in summary["clients"]:
+        cap = "-" if c["cap_s"] is None else f"{c['cap_s']:g}"
+        lines.append(f"{c['client']:>6}  {c['speed']:>5g}  {cap:>5}  {c['in_time']:>3}/{c['replies']:<3}  "
+                     f"{c['samples_per_round']:>13.0f}  {c['seconds_per_round']:>13.2f}  {c['idle_s']:>6.1f}  "
+                     f"{'; '.join(c['errors']) or '-'}")
+    lines.append("round  " + "  ".join(f"{r['round']:>6}" for r in summary["rounds"]))
+    keys = list(summary["rounds"][0]["test_metrics"]) if summary["rounds"] else []
+    for key in keys:
+        lines.append(f"{key[:5]:<5}  " + "  ".join(f"{r['test_metrics'][key]:>6.4f}" for r in summary["rounds"]))
+    lines.append(f"wall {summary['wall_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("flwr") is None:
+        raise TimebudgetError(INSTALL_HINT)
+    run, nodes = settings_from_args(args)
+    wall_s = deploy(run, nodes)
+    summary = summarise(run, nodes, wall_s)
+    if not args.quiet:
+        print(table(summary))
+    return 0

@@ -1,0 +1,220 @@
+"""One client's work in one round, without Flower: its share of the data, the round's time budget, training with
+:func:`timebudget.train` from the global weights and its own score table, and the fixed-epoch baseline.
+
+The ClientApp (``client``) only moves weights and metrics in and out of Flower messages around these functions, so
+they are tested on their own. No flwr import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+from .. import artifacts, config as config_module, data, models, sampler
+from ..batches import Batches
+from ..errors import BudgetTooSmall
+from ..trainer import RunHooks, build_optimizer, evaluate, per_sample_loss, resolve_defaults, train
+from .partition import indices, parse_scheme
+from .settings import NodeSettings, RunSettings
+
+MIN_PARTITION = 2  # BatchNorm cannot train on a client with one sample
+SETUP_FILE = "setup.json"  # the client's last measured set-up, step and tail, to refuse a round it cannot fit at once
+
+
+def client_bundle(bundle: data.DataBundle, run: RunSettings, node: NodeSettings, split: str = "train") -> data.DataBundle:
+    """``bundle`` with its ``split`` ("train" or "test") cut to this client's partition (the same scheme and seed on
+    every client, so the partitions are disjoint and cover the data)."""
+    dataset = getattr(bundle, split)
+    labels = data.labels(dataset).numpy() if bundle.task == "classification" else np.zeros(len(dataset), dtype=int)
+    keep = indices(labels, node.partition_id, node.num_partitions, parse_scheme(run.partition), run.seed, MIN_PARTITION)
+    if isinstance(dataset, data.ArrayDataset):
+        index = torch.as_tensor(keep)
+        part: Any = data.ArrayDataset(dataset.x[index], dataset.y[index])
+    else:
+        part = Subset(dataset, keep.tolist())
+    return dataclasses.replace(bundle, **{split: part})
+
+
+def slowed(speed: float, now: Callable[[], float] = time.monotonic,
+           sleep: Callable[[float], None] = time.sleep) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A step wrapper that makes a device ``1 / speed`` times slower: after each step it sleeps ``1 / speed - 1``
+    times what the step took (measured on the host: on CUDA, launches are asynchronous and this undercounts)."""
+
+    def wrap(step: Callable[..., Any]) -> Callable[..., Any]:
+        if speed >= 1.0:
+            return step
+
+        def slow_step(*args: Any) -> Any:
+            t0 = now()
+            out = step(*args)
+            sleep((1.0 / speed - 1.0) * (now() - t0))
+            return out
+
+        return slow_step
+
+    return wrap
+
+
+def round_schedule(server_round: int, rounds: int, decay: str) -> Callable[[float], float] | None:
+    """``federation``: one linear decay over all rounds, round r of R (1-based) running from ``1 - (r-1)/R`` to
+    ``1 - r/R`` of ``lr``; ``round``: ``None``, the run's own schedule, which decays to zero within each round."""
+    if decay != "federation":
+        return None
+    first, last = 1.0 - (server_round - 1) / rounds, 1.0 - server_round / rounds
+    return lambda p: max(0.0, first + (last - first) * p)
+
+
+def budget_start(sent_at: float, cap_s: float, process_start: float, now: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> float:
+    """When, on ``now``'s scale, the round started for this client: at the server's send (``sent_at``, a
+    ``time.time`` stamp from the message) as far as this machine's clock can tell, and never after
+    ``process_start`` (the ClientApp's process is started for the message, so its start-up is charged to the
+    round); at most ``cap_s`` ago."""
+    t = now()
+    age = max(wall() - sent_at if sent_at > 0 else 0.0, t - process_start)
+    return t - min(max(age, 0.0), cap_s)
+
+
+@dataclass
+class RoundResult:
+    """What a client sends back: the new weights and the metrics the server records."""
+
+    weights: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+
+
+def node_dir(run: RunSettings, node: NodeSettings) -> Path:
+    """The client's own folder across rounds (its runs and score table), since Flower recreates the ClientApp (and
+    in 1.42 its whole process) for every message."""
+    return Path(run.out) / "clients" / f"client_{node.partition_id}"
+
+
+def previous_scores(folder: Path, server_round: int) -> dict[str, torch.Tensor] | None:
+    """The score table this client saved in its latest earlier round, if any."""
+    for r in range(server_round - 1, 0, -1):
+        path = folder / f"round_{r:03d}" / "scores.pt"
+        if path.exists():
+            return torch.load(path, map_location="cpu")
+    return None
+
+
+def train_config(run: RunSettings, seconds: float, out: Path) -> config_module.Config:
+    """The client's :class:`~timebudget.config.Config` for one round: the run's data, model, strategy and overrides."""
+    values: dict[str, Any] = dict(config_module.parse_override(item) for item in run.overrides.split())
+    values.update(seconds=seconds, data=run.data, strategy=run.strategy, seed=run.seed, quiet=True, out=str(out))
+    if run.data_dir:
+        values["data_dir"] = run.data_dir
+    if run.model:
+        values["model"] = run.model
+    return config_module.apply(values, source="run config")
+
+
+def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSettings, server_round: int,
+                cap_s: float, start: float, reply_s: float, now: Callable[[], float] = time.monotonic) -> RoundResult:
+    """Train ``weights`` on this client's partition with :func:`timebudget.train` until ``start + cap_s - reply_s``
+    (``reply_s``: what sending the reply costs, so it reaches the server by ``start + cap_s``), from the score table
+    of the client's previous round. Raises :class:`BudgetTooSmall` when the cap cannot hold the start-up, one step,
+    the tail and the reply."""
+    seconds = cap_s - reply_s
+    if seconds <= 0 or now() - start >= seconds:
+        raise BudgetTooSmall(
+            f"round cap {cap_s:g} s is too small: {now() - start:.2f} s had passed since the server sent the round "
+            f"(Flower's delivery and this client's start-up) and the reply needs {reply_s:.2f} s"
+        )
+    folder = node_dir(run, node)
+    refuse_early(folder / SETUP_FILE, now() - start, seconds)
+    out = folder / f"round_{server_round:03d}"
+    hooks = RunHooks(subset=lambda b: client_bundle(b, run, node), weights=weights,
+                     scores=previous_scores(folder, server_round),
+                     schedule=round_schedule(server_round, run.rounds, run.lr_decay), wrap_step=slowed(node.speed))
+    called = now() - start
+    result = train(train_config(run, seconds, out), start=start, now=now, hooks=hooks)
+    s = result.summary
+    artifacts.write_json(folder / SETUP_FILE, {"setup_s": s["startup_s"] - called, "step_s": s["calibration"]["step_s"][-1],
+                                               "tail_s": s["tail_reserved_s"]})
+    return RoundResult(
+        {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+        {"samples": float(s["samples_trained"]), "train-seconds": float(s["elapsed_s"]),
+         "loss": last_loss(result.out_dir), "partition-id": float(node.partition_id),
+         "num-examples": float(s["samples_trained"])},
+    )
+
+
+def refuse_early(setup_file: Path, elapsed: float, seconds: float) -> None:
+    """Raise :class:`BudgetTooSmall` now, while an error reply still reaches the server in time, when this client's
+    last measured set-up (data, model, calibration), one step and tail cannot fit in what is left of ``seconds``."""
+    if not setup_file.exists():
+        return
+    last = json.loads(setup_file.read_text())
+    needed = last["setup_s"] + last["step_s"] + last["tail_s"]
+    if elapsed + needed > seconds:
+        raise BudgetTooSmall(
+            f"round cap leaves {seconds - elapsed:.2f} s to train after Flower's delivery and this client's start-up "
+            f"({elapsed:.2f} s), and its last round needed {needed:.2f} s for set-up, one step and the tail"
+        )
+
+
+def last_loss(run_dir: Path) -> float:
+    """The training loss of the run's last step record (NaN when it logged none)."""
+    loss = math.nan
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") == "step":
+            loss = record["loss"]
+    return float(loss)
+
+
+def fixed_epochs(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSettings, epochs: int,
+                 now: Callable[[], float] = time.monotonic) -> RoundResult:
+    """Flower's quickstart client, for comparison: ``epochs`` passes over the partition at a constant learning rate,
+    however long they take. Same data, model, optimizer and step speed as the timebudget client; no clock."""
+    t0 = now()
+    cfg = train_config(run, 1.0, Path(run.out))
+    bundle = client_bundle(data.load(cfg.data, cfg.data_dir, cfg.image_size), run, node)
+    cfg = resolve_defaults(cfg, bundle)
+    torch.manual_seed(cfg.seed)
+    model = models.build(cfg.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
+    model.load_state_dict(weights)
+    optimizer, loss_fn = build_optimizer(cfg, model), per_sample_loss(cfg, bundle.task)
+    batches = Batches(bundle.train, torch.device("cpu"), bundle.input_shape)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(model(x), y).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step = slowed(node.speed, now)(step)
+    samples, loss = 0, torch.tensor(math.nan)
+    model.train()
+    for _ in range(epochs):
+        order = sampler.epoch_order(len(batches), generator)
+        for x, y, _ in batches.iterate(sampler.batches(order, cfg.batch_size)):
+            loss = step(x, y)
+            samples += len(y)
+    return RoundResult({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       {"samples": float(samples), "train-seconds": now() - t0, "loss": float(loss),
+                        "partition-id": float(node.partition_id), "num-examples": float(samples)})
+
+
+def local_metrics(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSettings) -> dict[str, float]:
+    """The weights' test metrics on this client's share of the test split (Flower's client-side evaluation)."""
+    cfg = train_config(run, 1.0, Path(run.out))
+    loaded = data.load(cfg.data, cfg.data_dir, cfg.image_size)
+    bundle = client_bundle(loaded, run, node, split="test")
+    cfg = resolve_defaults(cfg, bundle)
+    model = models.build(cfg.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
+    model.load_state_dict(weights)
+    batches = Batches(bundle.test, torch.device("cpu"), bundle.input_shape)
+    return {**evaluate(model, batches, bundle, 256), "num-examples": float(len(batches))}

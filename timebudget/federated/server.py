@@ -1,0 +1,169 @@
+"""The ServerApp: Flower's own FedAvg, one round's cap as its timeout, the global model evaluated centrally after
+every round, and every reply's timing written to ``rounds.jsonl``.
+
+Flower 1.42's grid polls for replies every 3 s, so a reply that arrives in time can be seen up to 3 s late, or not at
+all when the timeout falls before the next poll. :class:`TimedGrid` wraps the grid FedAvg is given: it sends through
+it, polls every 0.1 s until the timeout, and notes when each reply arrived; FedAvg is unchanged.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from .. import artifacts, data, models
+from ..batches import Batches
+from ..trainer import evaluate, resolve_defaults
+from .local import train_config
+from .settings import REPLY_PATH_KEY, RunSettings
+
+POLL_S = 0.1
+
+app = ServerApp()
+
+
+class RoundLog:
+    """``rounds.jsonl``: one record per round and client, one per round for the global model. Records are appended
+    as they happen (a crash keeps what was done); the client of a node is known from its replies, so records of a
+    node that had not yet answered are completed when the file is rewritten at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        self.clients: dict[int, int] = {}  # node id -> partition id
+        self.reply_paths: dict[int, float] = {}  # node id -> longest seconds from its ClientApp's return to receipt
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        for record in self.records:
+            if record.get("client") is None and "node" in record:
+                record["client"] = self.clients.get(record["node"])
+        artifacts.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+
+class DeadlineFedAvg(FedAvg):
+    """Flower's FedAvg, whose round config also tells each node how long its replies took to reach the server after
+    its ClientApp returned (the longest seen), so the client reserves its own measured return path."""
+
+    def __init__(self, log: RoundLog, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log = log
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        for node, path in self.log.reply_paths.items():
+            config[f"{REPLY_PATH_KEY}.{node}"] = path
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+class TimedGrid(Grid):
+    """The grid FedAvg sends through: the same messages, a 0.1 s poll for replies, and a record of each training
+    reply's seconds from the send to the poll that found it at the SuperLink (``in_time``: by the timeout)."""
+
+    def __init__(self, grid: Grid, log: RoundLog) -> None:
+        self.grid, self.log = grid, log
+
+    def set_run(self, run: Any) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self.grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        sent = time.monotonic()
+        ids = list(self.grid.push_messages(messages))
+        waiting = dict(zip(ids, messages))
+        replies: list[Message] = []
+        arrived: dict[str, float] = {}
+        end = sent + (timeout if timeout is not None else float("inf"))
+        while waiting and (polled := time.monotonic()) < end:
+            for reply in self.grid.pull_messages(list(waiting)):
+                if waiting.pop(reply.metadata.reply_to_message_id, None) is not None:
+                    replies.append(reply)
+                    arrived[reply.metadata.reply_to_message_id] = polled - sent  # at the SuperLink by this poll
+            if waiting:
+                time.sleep(min(POLL_S, max(0.0, end - time.monotonic())))
+        if messages and messages[0].metadata.message_type == MessageType.TRAIN:
+            self._record(messages, ids, replies, arrived, timeout)
+        return replies
+
+    def _record(self, messages: list[Message], ids: list[str], replies: list[Message], arrived: dict[str, float],
+                timeout: float | None) -> None:
+        by_id = {r.metadata.reply_to_message_id: r for r in replies}
+        for msg_id, msg in zip(ids, messages):
+            node = msg.metadata.dst_node_id
+            record: dict[str, Any] = {"round": int(msg.content["config"]["server-round"]), "client": None, "node": node,
+                                      "cap_s": timeout, "seconds": None, "samples": None, "in_time": False}
+            reply = by_id.get(msg_id)
+            if reply is not None:
+                record.update(seconds=round(arrived[msg_id], 4), in_time=timeout is None or arrived[msg_id] <= timeout)
+                if reply.has_error():
+                    record["error"] = reply.error.reason
+                else:
+                    metrics = reply.content["metrics"]
+                    self.log.clients[node] = int(metrics["partition-id"])
+                    path = max(0.0, record["seconds"] - metrics["client-seconds"])
+                    self.log.reply_paths[node] = max(path, self.log.reply_paths.get(node, 0.0))
+                    record.update(samples=int(metrics["samples"]), cap_s=metrics["cap-seconds"],
+                                  client_seconds=round(metrics["client-seconds"], 4), loss=metrics["loss"],
+                                  delivery_s=round(metrics["delivery-seconds"], 3),
+                                  startup_s=round(metrics["startup-seconds"], 3))
+            record["client"] = self.log.clients.get(node)
+            self.log.add(record)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    started = time.monotonic()
+    run = RunSettings.from_run_config(context.run_config)
+    out = Path(run.out)
+    log = RoundLog(out / "rounds.jsonl")
+    cfg = train_config(run, run.round_seconds, out)
+    bundle = data.load(cfg.data, cfg.data_dir, cfg.image_size)
+    cfg = resolve_defaults(cfg, bundle)
+    torch.manual_seed(run.seed)
+    model = models.build(cfg.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
+    test = Batches(bundle.test, torch.device("cpu"), bundle.input_shape)
+
+    def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        metrics = evaluate(model, test, bundle, 256)
+        log.add({"round": server_round, "test_metrics": metrics, "elapsed_s": round(time.monotonic() - started, 3)})
+        return MetricRecord(metrics)
+
+    strategy = DeadlineFedAvg(log, fraction_train=1.0, fraction_evaluate=run.fraction_evaluate, min_train_nodes=run.clients,
+                      min_evaluate_nodes=run.clients if run.fraction_evaluate else 0, min_available_nodes=run.clients)
+    try:
+        result = strategy.start(
+            grid=TimedGrid(grid, log), initial_arrays=ArrayRecord(model.state_dict()),
+            train_config=ConfigRecord({"round-seconds": run.round_seconds}), num_rounds=run.rounds,
+            timeout=run.round_seconds, evaluate_fn=central,
+        )
+        artifacts.save_torch(out / "global_model.pt", result.arrays.to_torch_state_dict())
+    finally:
+        log.close()

@@ -1,0 +1,113 @@
+"""The settings a federated run shares between the launcher, the ServerApp and every ClientApp, as Flower passes
+them: run-wide ones in the run config (``flwr run --run-config``), per-device ones in each SuperNode's node config.
+
+Flower's config values are flat scalars with dashed keys; these dataclasses are their typed face, so each side reads
+the same names with the same defaults. No flwr import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import TimebudgetError
+from .partition import parse_scheme
+
+MODES = ("timebudget", "epochs")
+LR_DECAYS = ("round", "federation")
+# Seconds a reply spends between the ClientApp's return and the server seeing it, reserved before the first
+# measurement: in flwr 1.42 the ClientApp process pushes its reply to the SuperNode, which looks for finished replies
+# every 0.5 s and sends it to the SuperLink, where the server polls every 0.1 s (``server.TimedGrid``); 1.6 s measured
+# on loopback on a loaded 2-core machine. From the second round on, the server sends each node the longest path it
+# measured for that node (``REPLY_PATH_KEY.<node id>`` in the round's config).
+REPLY_RESERVE_S = 2.0
+REPLY_PATH_KEY = "reply-path-seconds"
+
+
+@dataclass
+class RunSettings:
+    """Run-wide: what to train, for how many rounds, how long each round may take, and how the clients train."""
+
+    out: str = ""
+    rounds: int = 3
+    round_seconds: float = 10.0
+    clients: int = 2
+    data: str = "digits"
+    data_dir: str = ""
+    model: str = ""
+    strategy: str = "full"
+    partition: str = "iid"
+    seed: int = 0
+    mode: str = "timebudget"  # "epochs": Flower's quickstart client, a fixed number of local epochs
+    local_epochs: int = 1
+    lr_decay: str = "round"  # "federation": one linear decay across all rounds
+    reply_reserve: float = REPLY_RESERVE_S
+    fraction_evaluate: float = 0.0
+    overrides: str = ""  # extra ``key=value`` config fields for every client's run, separated by spaces
+
+    def validate(self) -> "RunSettings":
+        if self.rounds < 1:
+            raise TimebudgetError(f"--rounds must be >= 1, got {self.rounds}")
+        if not (self.round_seconds > 0 and math.isfinite(self.round_seconds)):
+            raise TimebudgetError(f"--round-seconds must be a positive number, got {self.round_seconds!r}")
+        if self.clients < 1:
+            raise TimebudgetError(f"--clients must be >= 1, got {self.clients}")
+        if self.mode not in MODES:
+            raise TimebudgetError(f"unknown mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise TimebudgetError(f"unknown lr decay {self.lr_decay!r}; allowed: {', '.join(LR_DECAYS)}")
+        if self.local_epochs < 1:
+            raise TimebudgetError(f"--local-epochs must be >= 1, got {self.local_epochs}")
+        if not 0.0 <= self.fraction_evaluate <= 1.0:
+            raise TimebudgetError(f"fraction-evaluate must be in [0, 1], got {self.fraction_evaluate}")
+        parse_scheme(self.partition)
+        return self
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_run_config(cls, values: Mapping[str, Any]) -> "RunSettings":
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        picked = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name in known:
+                default = getattr(cls, name)
+                picked[name] = type(default)(value)
+        return cls(**picked).validate()
+
+
+@dataclass
+class NodeSettings:
+    """Per device (``flower-supernode --node-config``): its partition, an optional cap of its own, and ``speed``
+    below 1 to make it a slower device on purpose (0.25: four times slower)."""
+
+    partition_id: int
+    num_partitions: int
+    speed: float = 1.0
+    cap_seconds: float | None = None
+
+    @classmethod
+    def from_node_config(cls, values: Mapping[str, Any]) -> "NodeSettings":
+        missing = [k for k in ("partition-id", "num-partitions") if k not in values]
+        if missing:
+            raise TimebudgetError(f"node config lacks {', '.join(missing)} (flower-supernode --node-config "
+                                  "'partition-id=0 num-partitions=2')")
+        cap = values.get("cap-seconds")
+        node = cls(int(values["partition-id"]), int(values["num-partitions"]), float(values.get("speed", 1.0)),
+                   float(cap) if cap not in (None, "", 0) else None)
+        if not (node.speed > 0 and math.isfinite(node.speed)):
+            raise TimebudgetError(f"node speed must be a positive number, got {node.speed!r}")
+        if node.cap_seconds is not None and not (node.cap_seconds > 0 and math.isfinite(node.cap_seconds)):
+            raise TimebudgetError(f"node cap-seconds must be a positive number, got {node.cap_seconds!r}")
+        if not 0 <= node.partition_id < node.num_partitions:
+            raise TimebudgetError(f"partition-id {node.partition_id} is out of range for num-partitions "
+                                  f"{node.num_partitions} (allowed: 0 to {node.num_partitions - 1})")
+        return node
+
+    def to_node_config(self) -> str:
+        """The ``--node-config`` string of ``flower-supernode``."""
+        text = f"partition-id={self.partition_id} num-partitions={self.num_partitions} speed={self.speed:g}"
+        return text + (f" cap-seconds={self.cap_seconds:g}" if self.cap_seconds is not None else "")
