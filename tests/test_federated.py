@@ -1,0 +1,232 @@
+"""The federated room with Flower itself: the ClientApp's handlers called with real Messages (no server), and a real
+loopback deployment (SuperLink, two SuperNodes, the ServerApp) started by ``timebudget federated``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict  # noqa: E402
+
+from timebudget import models  # noqa: E402
+from timebudget.federated import client, launcher, local  # noqa: E402
+from timebudget.federated.settings import NodeSettings, RunSettings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TickingClock:
+    """A fake monotonic clock that moves ``tick`` seconds at every reading: the budget runs out after a fixed number
+    of readings, however busy the machine is."""
+
+    def __init__(self, tick: float = 0.05) -> None:
+        self.t, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def digits_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return models.build("cnn", (1, 8, 8), 10, "image").state_dict()
+
+
+def make_context(tmp_path: Path, partition_id: int = 0, **node: object) -> Context:
+    run = RunSettings(out=str(tmp_path), rounds=2, round_seconds=6.0, clients=2, data="digits", partition="iid")
+    node_config = {"partition-id": partition_id, "num-partitions": 2, **node}
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run.to_run_config())
+
+
+def server_message(content: RecordDict, message_type: str, server_round: int = 1) -> Message:
+    """A message as the SuperNode hands it to the ClientApp (its metadata set by the server's side)."""
+    metadata = Metadata(run_id=1, message_id=f"m{server_round}", src_node_id=1, dst_node_id=7, reply_to_message_id="",
+                        group_id=str(server_round), created_at=time.time(), ttl=3600.0, message_type=message_type)
+    return Message(content, metadata=metadata)
+
+
+def train_message(seconds: float, server_round: int = 1) -> Message:
+    config = ConfigRecord({"round-seconds": seconds, "server-round": server_round})
+    return server_message(RecordDict({"arrays": ArrayRecord(digits_weights()), "config": config}), MessageType.TRAIN,
+                          server_round)
+
+
+def call_train(msg: Message, context: Context, clock: TickingClock) -> Message:
+    sent_wall, sent = msg.metadata.created_at, clock.t
+    return client.train_reply(msg, context, now=clock, wall=lambda: sent_wall + (clock.t - sent), process_start=sent)
+
+
+def test_train_handler_replies_with_weights_and_metrics_within_its_cap(tmp_path: Path) -> None:
+    clock, cap = TickingClock(), 6.0
+    context = make_context(tmp_path)
+    reply = call_train(train_message(cap), context, clock)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    arrays = reply.content["arrays"].to_torch_state_dict()
+    weights = digits_weights()
+    assert arrays.keys() == weights.keys()
+    assert any(not torch.equal(arrays[k], weights[k]) for k in weights)  # it trained
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] == metrics["samples"] > 0
+    assert metrics["partition-id"] == 0 and metrics["cap-seconds"] == cap
+    assert metrics["loss"] == metrics["loss"]  # not NaN
+    # on the fake clock the handler returned before the cap less the reply's reserve
+    assert metrics["client-seconds"] <= cap - RunSettings().reply_reserve
+    assert clock.t - 1000.0 <= cap
+    # its state for the next round: the run folder with the score table
+    assert (tmp_path / "clients" / "client_0" / "round_001" / "scores.pt").exists()
+
+
+def test_the_next_round_starts_from_the_saved_score_table_and_a_node_cap_bounds_the_round(tmp_path: Path) -> None:
+    call_train(train_message(6.0, server_round=1), make_context(tmp_path), TickingClock())
+    saved = torch.load(tmp_path / "clients" / "client_0" / "round_001" / "scores.pt")
+    reply = call_train(train_message(6.0, server_round=2), make_context(tmp_path, **{"cap-seconds": 4.0}),
+                       TickingClock())
+    assert reply.content["metrics"]["cap-seconds"] == 4.0
+    after = torch.load(tmp_path / "clients" / "client_0" / "round_002" / "scores.pt")
+    assert (after["count"] >= saved["count"]).all() and after["count"].sum() > saved["count"].sum()
+
+
+def test_a_cap_too_small_gets_an_error_reply_not_a_crash(tmp_path: Path) -> None:
+    reply = call_train(train_message(1.5), make_context(tmp_path), TickingClock())
+    assert reply.has_error()
+    assert "too small" in reply.error.reason
+    assert not (tmp_path / "clients" / "client_0" / "round_001" / "summary.json").exists()
+
+
+def test_a_bad_node_config_gets_an_error_reply(tmp_path: Path) -> None:
+    reply = call_train(train_message(6.0), make_context(tmp_path, partition_id=5), TickingClock())
+    assert reply.has_error() and "out of range" in reply.error.reason
+
+
+def test_evaluate_handler_reports_metrics_on_the_clients_test_share(tmp_path: Path) -> None:
+    msg = server_message(RecordDict({"arrays": ArrayRecord(digits_weights()), "config": ConfigRecord({})}),
+                         MessageType.EVALUATE)
+    metrics = client.evaluate(msg, make_context(tmp_path, partition_id=1)).content["metrics"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert 150 <= metrics["num-examples"] <= 210  # half of digits' 360 test samples
+
+
+def test_slowed_sleeps_its_share_of_each_step() -> None:
+    clock, slept = TickingClock(tick=0.0), []
+
+    def step() -> str:
+        clock.t += 0.2
+        return "done"
+
+    assert local.slowed(0.25, now=clock, sleep=slept.append)(step)() == "done"
+    assert slept == [pytest.approx(0.6)]  # a quarter of the speed: the step's 0.2 s and three times that asleep
+    assert local.slowed(1.0)(step) is step
+
+
+def test_lr_decays_within_each_round_or_across_the_federation() -> None:
+    assert local.round_schedule(2, 4, "round") is None  # the run's own schedule: to zero within the round
+    schedule = local.round_schedule(2, 4, "federation")
+    assert schedule(0.0) == pytest.approx(0.75) and schedule(1.0) == pytest.approx(0.5)
+    assert local.round_schedule(4, 4, "federation")(1.0) == 0.0
+
+
+def test_budget_counts_from_the_servers_send_or_the_process_start_whichever_is_earlier() -> None:
+    clock = TickingClock(tick=0.0)
+    assert local.budget_start(sent_at=95.0, cap_s=10.0, process_start=clock.t - 1.0, now=clock,
+                              wall=lambda: 100.0) == clock.t - 5.0
+    assert local.budget_start(sent_at=99.5, cap_s=10.0, process_start=clock.t - 2.0, now=clock,
+                              wall=lambda: 100.0) == clock.t - 2.0
+    assert local.budget_start(sent_at=50.0, cap_s=10.0, process_start=clock.t, now=clock,
+                              wall=lambda: 100.0) == clock.t - 10.0
+
+
+def test_node_settings_are_checked() -> None:
+    assert NodeSettings.from_node_config({"partition-id": 1, "num-partitions": 3, "speed": 0.5}).speed == 0.5
+    for bad in ({"partition-id": 0}, {"partition-id": 0, "num-partitions": 2, "speed": 0},
+                {"partition-id": 0, "num-partitions": 2, "cap-seconds": -1}):
+        with pytest.raises(Exception, match="node config|speed|cap-seconds"):
+            NodeSettings.from_node_config(bad)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--clients", "3", "--client-speed", "1,0.25"], "2 values for 3 clients"),
+    (["--clients", "2", "--client-speed", "1,0"], "not a positive number"),
+    (["--clients", "2", "--client-caps", "5,x"], "not a positive number"),
+    (["--partition", "shards:3"], "unknown partition scheme"),
+    (["--round-seconds", "0"], "round-seconds"),
+])
+def test_bad_launcher_input_is_one_line(cli_main, tmp_path: Path, argv: list[str], needle: str) -> None:
+    result = cli_main("federated", "--out", str(tmp_path / "fed"), *argv)
+    assert result.code == 2
+    result.one_line_error(needle)
+    assert not (tmp_path / "fed").exists()
+
+
+def test_without_flwr_the_command_is_one_line(cli_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher.importlib.util, "find_spec", lambda name: None)
+    result = cli_main("federated", "--out", str(tmp_path / "fed"))
+    assert result.code == 2
+    result.one_line_error("pip install", "federated")
+
+
+# --- a real deployment on 127.0.0.1 ----------------------------------------------------------------------------------
+def flower_processes(out: Path) -> list[int]:
+    """Live (not zombie) processes whose environment names this run's FLWR_HOME: what the launcher started."""
+    marker = f"FLWR_HOME={out.resolve() / '.flwr'}".encode()
+    found = []
+    for pid in launcher._pids():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and not launcher._zombie(pid):
+            found.append(pid)
+    return found
+
+
+def federated(out: Path, *argv: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "timebudget", "federated", "--out", str(out), *argv], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path) -> None:
+    out = tmp_path / "fed"
+    proc = federated(out, "--clients", "2", "--rounds", "2", "--round-seconds", "12", "--client-speed", "1,0.5")
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    replies = [r for r in records if "node" in r]
+    globals_ = [r for r in records if "test_metrics" in r]
+    assert [r["round"] for r in globals_] == [0, 1, 2]
+    assert sorted((r["round"], r["client"]) for r in replies if r["client"] is not None) == sorted(
+        (r["round"], r["client"]) for r in replies if r["client"] is not None)
+    assert sorted(r["round"] for r in replies) == [1, 1, 2, 2]
+    for r in replies:
+        assert {"round", "client", "cap_s", "seconds", "samples", "in_time"} <= r.keys()
+        assert r["cap_s"] == 12.0
+        if r["in_time"] and "error" not in r:
+            assert r["samples"] > 0 and r["seconds"] <= 12.0
+    assert {r["client"] for r in replies if r["in_time"] and "error" not in r} <= {0, 1}
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][1]["speed"] == 0.5
+    assert "in time" in stdout
+    assert flower_processes(out) == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "fed"
+    proc = federated(out, "--clients", "2", "--rounds", "5", "--round-seconds", "30")
+    deadline = time.monotonic() + 120
+    while not (out / "logs" / "serverapp.log").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert flower_processes(out), "the deployment did not start"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in stderr
+    assert flower_processes(out) == []
