@@ -30,7 +30,8 @@ MIN_PARTITION = 2  # BatchNorm cannot train on a client with one sample
 SETUP_FILE = "setup.json"  # the client's last measured set-up, step and tail, to refuse a round it cannot fit at once
 
 
-def client_bundle(bundle: data.DataBundle, run: RunSettings, node: NodeSettings, split: str = "train") -> data.DataBundle:
+def client_bundle(bundle: data.DataBundle, run: RunSettings, node: NodeSettings,
+                  split: str = "train") -> data.DataBundle:
     """``bundle`` with its ``split`` ("train" or "test") cut to this client's partition (the same scheme and seed on
     every client, so the partitions are disjoint and cover the data)."""
     dataset = getattr(bundle, split)
@@ -139,8 +140,9 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
     called = now() - start
     result = train(train_config(run, seconds, out), start=start, now=now, hooks=hooks)
     s = result.summary
-    artifacts.write_json(folder / SETUP_FILE, {"setup_s": s["startup_s"] - called, "step_s": s["calibration"]["step_s"][-1],
-                                               "tail_s": s["tail_reserved_s"]})
+    setup = {"setup_s": s["startup_s"] - called, "step_s": s["calibration"]["step_s"][-1],
+             "tail_s": s["tail_reserved_s"]}
+    artifacts.write_json(folder / SETUP_FILE, setup)
     return RoundResult(
         {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
         {"samples": float(s["samples_trained"]), "train-seconds": float(s["elapsed_s"]),

@@ -45,7 +45,8 @@ def parse_scheme(text: str) -> Scheme:
     raise TimebudgetError(f"unknown partition scheme {text!r}; allowed: {', '.join(SCHEMES)}")
 
 
-def split(labels: np.ndarray, num_partitions: int, scheme: Scheme, seed: int = 0, min_size: int = 1) -> list[np.ndarray]:
+def split(labels: np.ndarray, num_partitions: int, scheme: Scheme, seed: int = 0,
+          min_size: int = 1) -> list[np.ndarray]:
     """The sorted sample indices of every partition; together they cover each sample exactly once.
 
     ``labels`` are class ids (any integers). A Dirichlet split is redrawn until every partition holds at least

@@ -117,8 +117,9 @@ class TimedGrid(Grid):
         by_id = {r.metadata.reply_to_message_id: r for r in replies}
         for msg_id, msg in zip(ids, messages):
             node = msg.metadata.dst_node_id
-            record: dict[str, Any] = {"round": int(msg.content["config"]["server-round"]), "client": None, "node": node,
-                                      "cap_s": timeout, "seconds": None, "samples": None, "in_time": False}
+            record: dict[str, Any] = {"round": int(msg.content["config"]["server-round"]), "client": None,
+                                      "node": node, "cap_s": timeout, "seconds": None, "samples": None,
+                                      "in_time": False}
             reply = by_id.get(msg_id)
             if reply is not None:
                 record.update(seconds=round(arrived[msg_id], 4), in_time=timeout is None or arrived[msg_id] <= timeout)
@@ -156,8 +157,9 @@ def main(grid: Grid, context: Context) -> None:
         log.add({"round": server_round, "test_metrics": metrics, "elapsed_s": round(time.monotonic() - started, 3)})
         return MetricRecord(metrics)
 
-    strategy = DeadlineFedAvg(log, fraction_train=1.0, fraction_evaluate=run.fraction_evaluate, min_train_nodes=run.clients,
-                      min_evaluate_nodes=run.clients if run.fraction_evaluate else 0, min_available_nodes=run.clients)
+    strategy = DeadlineFedAvg(log, fraction_train=1.0, fraction_evaluate=run.fraction_evaluate,
+                              min_train_nodes=run.clients, min_available_nodes=run.clients,
+                              min_evaluate_nodes=run.clients if run.fraction_evaluate else 0)
     try:
         result = strategy.start(
             grid=TimedGrid(grid, log), initial_arrays=ArrayRecord(model.state_dict()),

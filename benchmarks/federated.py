@@ -1,0 +1,104 @@
+"""Federated rounds under a deadline: timebudget clients against Flower-style fixed-epoch clients.
+
+Both run the same real loopback deployment (``timebudget federated``: SuperLink, one SuperNode per client, the
+ServerApp on Flower's FedAvg with the round's cap as its timeout) with the same data, Dirichlet partitions, clients
+(one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains until its
+deadline (``timebudget.train`` for the cap less its measured reserve); ``epochs`` trains one local epoch at a
+constant learning rate, as Flower's quickstart does, however long it takes, and a reply later than the timeout is
+dropped. Modes are interleaved per cap and seed, so a change in the machine's load hits both.
+
+Reported per mode and cap: replies in time (%), errors, the global test accuracy after each round with the seconds
+since the deployment started, the accuracy both modes had reached by the same wall-clock second (the earlier of the
+two runs' ends), and the seconds each client idled (from its reply to the round's end, which is the last in-time
+reply or the timeout).
+
+Smoke run: ``python benchmarks/federated.py --caps 15 --rounds 2``; the README table:
+``OMP_NUM_THREADS=1 python benchmarks/federated.py --caps 12,20 --rounds 4``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("timebudget", "epochs")
+
+
+def run_once(out: Path, mode: str, cap: float, args: argparse.Namespace, seed: int) -> dict:
+    argv = [sys.executable, "-m", "timebudget", "federated", "--out", str(out), "--mode", mode, "--quiet",
+            "--clients", str(args.clients), "--rounds", str(args.rounds), "--round-seconds", f"{cap:g}",
+            "--data", args.data, "--partition", args.partition, "--client-speed", args.speeds, "--seed", str(seed)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} cap {cap:g} seed {seed} failed: {proc.stderr.strip()}")
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    summary["replies"] = [r for r in records if "node" in r]
+    summary["outside_wall_s"] = time.perf_counter() - t0
+    return summary
+
+
+def accuracy_at(summary: dict, second: float) -> float:
+    """The global accuracy of the last round evaluated by ``second`` (seconds since the ServerApp started)."""
+    reached = [r["test_metrics"]["accuracy"] for r in summary["rounds"] if r["elapsed_s"] <= second]
+    return reached[-1] if reached else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--caps", default="12,20", help="comma-separated round caps in seconds")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--speeds", default="1,1,0.25", help="one speed per client (0.25: 4x slower)")
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--partition", default="dirichlet:0.5")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    args = parser.parse_args()
+    caps = [float(c) for c in args.caps.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[tuple[float, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="tb-fed-bench-") as tmp:
+        for cap in caps:
+            for seed in seeds:
+                for mode in MODES:
+                    summary = run_once(Path(tmp) / f"{mode}-{cap:g}-{seed}", mode, cap, args, seed)
+                    results.setdefault((cap, mode), []).append(summary)
+                    print(f"# done {mode} cap {cap:g} seed {seed}: {summary['outside_wall_s']:.0f} s", file=sys.stderr)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
+          f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, load average {load:.1f} at the end\n")
+    print("| cap s | client | replies in time | errors | samples/round (per client) | idle s (per client) | "
+          "accuracy after each round (s since start) | acc. at the same second | final acc. |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for cap in caps:
+        same_second = [min(results[(cap, m)][i]["rounds"][-1]["elapsed_s"] for m in MODES) for i in range(len(seeds))]
+        for mode in MODES:
+            runs = results[(cap, mode)]
+            replies = [r for s in runs for r in s["replies"]]
+            ok = sum(r["in_time"] and "error" not in r for r in replies)
+            errors = sum("error" in r for r in replies)
+            clients = runs[0]["clients"]
+            samples = " / ".join(f"{statistics.median(s['clients'][c]['samples_per_round'] for s in runs):.0f}"
+                                 for c in range(len(clients)))
+            idle = " / ".join(f"{statistics.median(s['clients'][c]['idle_s'] for s in runs):.1f}"
+                              for c in range(len(clients)))
+            curve = ", ".join(f"{r['test_metrics']['accuracy']:.3f} ({r['elapsed_s']:.0f})"
+                              for r in runs[0]["rounds"][1:])
+            at_same = statistics.median(accuracy_at(s, t) for s, t in zip(runs, same_second))
+            final = statistics.median(s["final_test_metrics"]["accuracy"] for s in runs)
+            print(f"| {cap:g} | {mode} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
+                  f"{samples} | {idle} | {curve} | {at_same:.3f} at {statistics.median(same_second):.0f} s | "
+                  f"{final:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
