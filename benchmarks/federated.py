@@ -3,13 +3,14 @@
 Both run the same real loopback deployment (``timebudget federated``: SuperLink, one SuperNode per client, the
 ServerApp on Flower's FedAvg with the round's cap as its timeout) with the same data, Dirichlet partitions, clients
 (one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains until its
-deadline (``timebudget.train`` for the cap less its measured reserve); ``epochs`` trains one local epoch at a
+deadline (``timebudget.train`` for the cap less its measured reserve), its learning rate decaying to zero within
+each round or once across all rounds (``--lr-decay``); ``epochs`` trains one local epoch at a
 constant learning rate, as Flower's quickstart does, however long it takes, and a reply later than the timeout is
-dropped. Modes are interleaved per cap and seed, so a change in the machine's load hits both.
+dropped. Variants are interleaved per cap and seed, so a change in the machine's load hits all of them.
 
 Reported per mode and cap: replies in time (%), errors, the global test accuracy after each round with the seconds
-since the deployment started, the accuracy both modes had reached by the same wall-clock second (the earlier of the
-two runs' ends), and the seconds each client idled (from its reply to the round's end, which is the last in-time
+since the deployment started, the accuracy both modes had reached by the same wall-clock second (the earliest of the
+runs' ends), and the seconds each client idled (from its reply to the round's end, which is the last in-time
 reply or the timeout).
 
 Smoke run: ``python benchmarks/federated.py --caps 15 --rounds 2``; the README table:
@@ -28,18 +29,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("timebudget", "epochs")
+# (client, learning-rate decay): timebudget clients decaying to zero within each round or once across all rounds, and
+# the fixed-epoch clients at the constant learning rate Flower's quickstart uses (the decay setting does not apply).
+VARIANTS = (("timebudget", "round"), ("timebudget", "federation"), ("epochs", "round"))
 
 
-def run_once(out: Path, mode: str, cap: float, args: argparse.Namespace, seed: int) -> dict:
-    argv = [sys.executable, "-m", "timebudget", "federated", "--out", str(out), "--mode", mode, "--quiet",
+def run_once(out: Path, variant: tuple[str, str], cap: float, args: argparse.Namespace, seed: int) -> dict:
+    mode, decay = variant
+    argv = [sys.executable, "-m", "timebudget", "federated", "--out", str(out), "--mode", mode, "--lr-decay", decay,
+            "--quiet",
             "--clients", str(args.clients), "--rounds", str(args.rounds), "--round-seconds", f"{cap:g}",
             "--data", args.data, "--partition", args.partition, "--client-speed", args.speeds, "--seed", str(seed)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     t0 = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{mode} cap {cap:g} seed {seed} failed: {proc.stderr.strip()}")
+        raise SystemExit(f"{mode}/{decay} cap {cap:g} seed {seed} failed: {proc.stderr.strip()}")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     summary["replies"] = [r for r in records if "node" in r]
@@ -65,24 +70,27 @@ def main() -> None:
     args = parser.parse_args()
     caps = [float(c) for c in args.caps.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict[tuple[float, str], list[dict]] = {}
+    results: dict[tuple[float, tuple[str, str]], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="tb-fed-bench-") as tmp:
         for cap in caps:
             for seed in seeds:
-                for mode in MODES:
-                    summary = run_once(Path(tmp) / f"{mode}-{cap:g}-{seed}", mode, cap, args, seed)
-                    results.setdefault((cap, mode), []).append(summary)
-                    print(f"# done {mode} cap {cap:g} seed {seed}: {summary['outside_wall_s']:.0f} s", file=sys.stderr)
+                for variant in VARIANTS:
+                    summary = run_once(Path(tmp) / f"{'-'.join(variant)}-{cap:g}-{seed}", variant, cap, args, seed)
+                    results.setdefault((cap, variant), []).append(summary)
+                    print(f"# done {'/'.join(variant)} cap {cap:g} seed {seed}: {summary['outside_wall_s']:.0f} s",
+                          file=sys.stderr)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
           f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, load average {load:.1f} at the end\n")
-    print("| cap s | client | replies in time | errors | samples/round (per client) | idle s (per client) | "
+    print("| cap s | client (lr decay) | replies in time | errors | samples/round (per client) | idle s (per client) | "
           "accuracy after each round (s since start) | acc. at the same second | final acc. |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cap in caps:
-        same_second = [min(results[(cap, m)][i]["rounds"][-1]["elapsed_s"] for m in MODES) for i in range(len(seeds))]
-        for mode in MODES:
-            runs = results[(cap, mode)]
+        same_second = [min(results[(cap, v)][i]["rounds"][-1]["elapsed_s"] for v in VARIANTS)
+                       for i in range(len(seeds))]
+        for variant in VARIANTS:
+            runs = results[(cap, variant)]
+            name = "epochs (1 epoch, constant lr)" if variant[0] == "epochs" else f"timebudget ({variant[1]})"
             replies = [r for s in runs for r in s["replies"]]
             ok = sum(r["in_time"] and "error" not in r for r in replies)
             errors = sum("error" in r for r in replies)
@@ -95,7 +103,7 @@ def main() -> None:
                               for r in runs[0]["rounds"][1:])
             at_same = statistics.median(accuracy_at(s, t) for s, t in zip(runs, same_second))
             final = statistics.median(s["final_test_metrics"]["accuracy"] for s in runs)
-            print(f"| {cap:g} | {mode} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
+            print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
                   f"{samples} | {idle} | {curve} | {at_same:.3f} at {statistics.median(same_second):.0f} s | "
                   f"{final:.3f} |")
 

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 
 from timebudget import models  # noqa: E402
 from timebudget.federated import client, launcher, local  # noqa: E402
-from timebudget.federated.settings import NodeSettings, RunSettings  # noqa: E402
+from timebudget.federated.settings import NodeSettings, RunSettings, budget_start  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,11 +136,11 @@ def test_lr_decays_within_each_round_or_across_the_federation() -> None:
 
 def test_budget_counts_from_the_servers_send_or_the_process_start_whichever_is_earlier() -> None:
     clock = TickingClock(tick=0.0)
-    assert local.budget_start(sent_at=95.0, cap_s=10.0, process_start=clock.t - 1.0, now=clock,
+    assert budget_start(sent_at=95.0, cap_s=10.0, process_start=clock.t - 1.0, now=clock,
                               wall=lambda: 100.0) == clock.t - 5.0
-    assert local.budget_start(sent_at=99.5, cap_s=10.0, process_start=clock.t - 2.0, now=clock,
+    assert budget_start(sent_at=99.5, cap_s=10.0, process_start=clock.t - 2.0, now=clock,
                               wall=lambda: 100.0) == clock.t - 2.0
-    assert local.budget_start(sent_at=50.0, cap_s=10.0, process_start=clock.t, now=clock,
+    assert budget_start(sent_at=50.0, cap_s=10.0, process_start=clock.t, now=clock,
                               wall=lambda: 100.0) == clock.t - 10.0
 
 
@@ -176,16 +176,7 @@ def test_without_flwr_the_command_is_one_line(cli_main, tmp_path: Path, monkeypa
 # --- a real deployment on 127.0.0.1 ----------------------------------------------------------------------------------
 def flower_processes(out: Path) -> list[int]:
     """Live (not zombie) processes whose environment names this run's FLWR_HOME: what the launcher started."""
-    marker = f"FLWR_HOME={out.resolve() / '.flwr'}".encode()
-    found = []
-    for pid in launcher._pids():
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and not launcher._zombie(pid):
-            found.append(pid)
-    return found
+    return launcher.deployment_pids(str(out.resolve() / ".flwr"))
 
 
 def federated(out: Path, *argv: str) -> subprocess.Popen[str]:
@@ -219,6 +210,7 @@ def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path)
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    """SIGINT, as Ctrl-C sends it to the launcher alone; the same path serves SIGTERM."""
     out = tmp_path / "fed"
     proc = federated(out, "--clients", "2", "--rounds", "5", "--round-seconds", "30")
     deadline = time.monotonic() + 120

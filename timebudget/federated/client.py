@@ -16,8 +16,7 @@ from flwr.clientapp import ClientApp
 
 from ..clock import process_start_time
 from ..errors import TimebudgetError, first_line
-from . import local
-from .settings import REPLY_PATH_KEY, NodeSettings, RunSettings
+from .settings import REPLY_PATH_KEY, NodeSettings, RunSettings, budget_start, node_dir, refuse_early
 
 # The SuperNode looks for finished replies every 0.5 s (flwr 1.42): a measured reply path may have caught it at once.
 REPLY_JITTER_S = 0.5
@@ -35,6 +34,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """The global weights' metrics on this client's share of the test split."""
+    from . import local  # torch: imported once the message is in hand
+
     run, node = RunSettings.from_run_config(context.run_config), NodeSettings.from_node_config(context.node_config)
     metrics = local.local_metrics(msg.content["arrays"].to_torch_state_dict(), run, node)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
@@ -54,17 +55,23 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
         if node.cap_seconds is not None:
             cap = min(cap, node.cap_seconds)
         process_start = process_start_time(now) if process_start is None else process_start
-        start = local.budget_start(msg.metadata.created_at, cap, process_start, now, wall)
+        start = budget_start(msg.metadata.created_at, cap, process_start, now, wall)
+        entered = now()
+        startup = {"delivery-seconds": process_start - start, "startup-seconds": entered - process_start}
+        path = round_config.get(f"{REPLY_PATH_KEY}.{context.node_id}")
+        reply_reserve = float(path) + REPLY_JITTER_S if path is not None else run.reply_reserve
+        if run.mode == "timebudget":  # a round it cannot fit is refused before paying for the torch import
+            refuse_early(node_dir(run, node), entered - start, cap - reply_reserve, before_import=True)
+        from . import local
+
         t0 = now()
-        startup = {"delivery-seconds": process_start - start, "startup-seconds": t0 - process_start}
         weights = msg.content["arrays"].to_torch_state_dict()
         ArrayRecord(weights)  # time one serialisation: the reply's own
-        path = round_config.get(f"{REPLY_PATH_KEY}.{context.node_id}")
-        reply_s = (now() - t0) + (float(path) + REPLY_JITTER_S if path is not None else run.reply_reserve)
+        reply_s = (now() - t0) + reply_reserve
         if run.mode == "epochs":
             result = local.fixed_epochs(weights, run, node, run.local_epochs, now)
         else:
-            result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now)
+            result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now, entered)
         arrays = ArrayRecord(result.weights)
         metrics = MetricRecord({**result.metrics, **startup, "cap-seconds": cap, "client-seconds": now() - start})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

@@ -168,7 +168,7 @@ class Deployment:
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("wb") as log:
             proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=self.out)
+                                    start_new_session=True, cwd=self.out, preexec_fn=_term_with_parent)
         self.procs.append((name, proc))
         return proc
 
@@ -188,22 +188,63 @@ class Deployment:
         return lines[-1].strip() if lines else "(no output)"
 
     def stop(self) -> None:
-        """SIGTERM to every process group, then SIGKILL to the groups still alive after a grace period."""
+        """SIGTERM to every process group, then SIGKILL to what is still alive after a grace period: the groups, and
+        any process of this deployment that left them (flwr 1.42's SuperLink starts its SuperExec in a session of
+        its own), found by the ``FLWR_HOME`` in its environment."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for _, proc in reversed(self.procs):
                 try:
                     os.killpg(proc.pid, sig)
                 except ProcessLookupError:
                     pass
+            if sig == signal.SIGKILL:
+                for pid in deployment_pids(self.env["FLWR_HOME"]):
+                    _kill(pid, sig)
             deadline = time.monotonic() + STOP_GRACE_S
-            while time.monotonic() < deadline and any(group_alive(p.pid) for _, p in self.procs):
+            while time.monotonic() < deadline and self.alive():
                 for _, proc in self.procs:
                     proc.poll()
                 time.sleep(0.05)
-            if not any(group_alive(p.pid) for _, p in self.procs):
+            if not self.alive():
                 break
         for _, proc in self.procs:
             proc.poll()
+
+    def alive(self) -> bool:
+        return any(group_alive(p.pid) for _, p in self.procs) or bool(deployment_pids(self.env["FLWR_HOME"]))
+
+
+def deployment_pids(flwr_home: str) -> list[int]:
+    """Live processes (not zombies) whose environment holds this deployment's ``FLWR_HOME``: every process it started,
+    however deep, since each inherits the environment."""
+    marker = f"FLWR_HOME={flwr_home}".encode()
+    found = []
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and not _zombie(pid):
+            found.append(pid)
+    return found
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _term_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the launcher dies, even by SIGKILL, so nothing outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def group_alive(pgid: int) -> bool:

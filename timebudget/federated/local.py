@@ -24,10 +24,9 @@ from ..batches import Batches
 from ..errors import BudgetTooSmall
 from ..trainer import RunHooks, build_optimizer, evaluate, per_sample_loss, resolve_defaults, train
 from .partition import indices, parse_scheme
-from .settings import NodeSettings, RunSettings
+from .settings import SETUP_FILE, NodeSettings, RunSettings, node_dir, refuse_early
 
 MIN_PARTITION = 2  # BatchNorm cannot train on a client with one sample
-SETUP_FILE = "setup.json"  # the client's last measured set-up, step and tail, to refuse a round it cannot fit at once
 
 
 def client_bundle(bundle: data.DataBundle, run: RunSettings, node: NodeSettings,
@@ -74,29 +73,12 @@ def round_schedule(server_round: int, rounds: int, decay: str) -> Callable[[floa
     return lambda p: max(0.0, first + (last - first) * p)
 
 
-def budget_start(sent_at: float, cap_s: float, process_start: float, now: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> float:
-    """When, on ``now``'s scale, the round started for this client: at the server's send (``sent_at``, a
-    ``time.time`` stamp from the message) as far as this machine's clock can tell, and never after
-    ``process_start`` (the ClientApp's process is started for the message, so its start-up is charged to the
-    round); at most ``cap_s`` ago."""
-    t = now()
-    age = max(wall() - sent_at if sent_at > 0 else 0.0, t - process_start)
-    return t - min(max(age, 0.0), cap_s)
-
-
 @dataclass
 class RoundResult:
     """What a client sends back: the new weights and the metrics the server records."""
 
     weights: dict[str, torch.Tensor]
     metrics: dict[str, float]
-
-
-def node_dir(run: RunSettings, node: NodeSettings) -> Path:
-    """The client's own folder across rounds (its runs and score table), since Flower recreates the ClientApp (and
-    in 1.42 its whole process) for every message."""
-    return Path(run.out) / "clients" / f"client_{node.partition_id}"
 
 
 def previous_scores(folder: Path, server_round: int) -> dict[str, torch.Tensor] | None:
@@ -120,11 +102,12 @@ def train_config(run: RunSettings, seconds: float, out: Path) -> config_module.C
 
 
 def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSettings, server_round: int,
-                cap_s: float, start: float, reply_s: float, now: Callable[[], float] = time.monotonic) -> RoundResult:
+                cap_s: float, start: float, reply_s: float, now: Callable[[], float] = time.monotonic,
+                entered: float | None = None) -> RoundResult:
     """Train ``weights`` on this client's partition with :func:`timebudget.train` until ``start + cap_s - reply_s``
     (``reply_s``: what sending the reply costs, so it reaches the server by ``start + cap_s``), from the score table
     of the client's previous round. Raises :class:`BudgetTooSmall` when the cap cannot hold the start-up, one step,
-    the tail and the reply."""
+    the tail and the reply. ``entered``: when the handler was entered, to measure what it costs before training."""
     seconds = cap_s - reply_s
     if seconds <= 0 or now() - start >= seconds:
         raise BudgetTooSmall(
@@ -132,16 +115,16 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
             f"(Flower's delivery and this client's start-up) and the reply needs {reply_s:.2f} s"
         )
     folder = node_dir(run, node)
-    refuse_early(folder / SETUP_FILE, now() - start, seconds)
+    refuse_early(folder, now() - start, seconds)
     out = folder / f"round_{server_round:03d}"
     hooks = RunHooks(subset=lambda b: client_bundle(b, run, node), weights=weights,
                      scores=previous_scores(folder, server_round),
                      schedule=round_schedule(server_round, run.rounds, run.lr_decay), wrap_step=slowed(node.speed))
-    called = now() - start
+    called = now()
     result = train(train_config(run, seconds, out), start=start, now=now, hooks=hooks)
     s = result.summary
-    setup = {"setup_s": s["startup_s"] - called, "step_s": s["calibration"]["step_s"][-1],
-             "tail_s": s["tail_reserved_s"]}
+    setup = {"import_s": called - (called if entered is None else entered), "setup_s": s["startup_s"] - (called - start),
+             "step_s": s["calibration"]["step_s"][-1], "tail_s": s["tail_reserved_s"]}
     artifacts.write_json(folder / SETUP_FILE, setup)
     return RoundResult(
         {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
@@ -149,20 +132,6 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
          "loss": last_loss(result.out_dir), "partition-id": float(node.partition_id),
          "num-examples": float(s["samples_trained"])},
     )
-
-
-def refuse_early(setup_file: Path, elapsed: float, seconds: float) -> None:
-    """Raise :class:`BudgetTooSmall` now, while an error reply still reaches the server in time, when this client's
-    last measured set-up (data, model, calibration), one step and tail cannot fit in what is left of ``seconds``."""
-    if not setup_file.exists():
-        return
-    last = json.loads(setup_file.read_text())
-    needed = last["setup_s"] + last["step_s"] + last["tail_s"]
-    if elapsed + needed > seconds:
-        raise BudgetTooSmall(
-            f"round cap leaves {seconds - elapsed:.2f} s to train after Flower's delivery and this client's start-up "
-            f"({elapsed:.2f} s), and its last round needed {needed:.2f} s for set-up, one step and the tail"
-        )
 
 
 def last_loss(run_dir: Path) -> float:

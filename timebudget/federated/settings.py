@@ -7,11 +7,15 @@ the same names with the same defaults. No flwr import here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import TimebudgetError
+from ..errors import BudgetTooSmall, TimebudgetError
 from .partition import parse_scheme
 
 MODES = ("timebudget", "epochs")
@@ -23,6 +27,7 @@ LR_DECAYS = ("round", "federation")
 # measured for that node (``REPLY_PATH_KEY.<node id>`` in the round's config).
 REPLY_RESERVE_S = 2.0
 REPLY_PATH_KEY = "reply-path-seconds"
+SETUP_FILE = "setup.json"  # a client's last measured costs before training, to refuse a round it cannot fit at once
 
 
 @dataclass
@@ -111,3 +116,37 @@ class NodeSettings:
         """The ``--node-config`` string of ``flower-supernode``."""
         text = f"partition-id={self.partition_id} num-partitions={self.num_partitions} speed={self.speed:g}"
         return text + (f" cap-seconds={self.cap_seconds:g}" if self.cap_seconds is not None else "")
+
+
+def node_dir(run: RunSettings, node: NodeSettings) -> Path:
+    """The client's own folder across rounds (its runs, score tables and measured costs), since Flower recreates the
+    ClientApp (and in 1.42 its whole process) for every message."""
+    return Path(run.out) / "clients" / f"client_{node.partition_id}"
+
+
+def refuse_early(folder: Path, elapsed: float, seconds: float, before_import: bool = False) -> None:
+    """Raise :class:`BudgetTooSmall` at once, while an error reply still reaches the server in time, when what this
+    client measured in its last round (the imports and weights before training when ``before_import``, the set-up of
+    data, model and calibration, one step and the tail) cannot fit in the ``seconds`` left after ``elapsed``. Reads
+    only JSON, so the ClientApp can call it before it imports torch."""
+    path = folder / SETUP_FILE
+    if not path.exists():
+        return
+    last = json.loads(path.read_text())
+    needed = last["setup_s"] + last["step_s"] + last["tail_s"] + (last["import_s"] if before_import else 0.0)
+    if elapsed + needed > seconds:
+        raise BudgetTooSmall(
+            f"round cap leaves {seconds - elapsed:.2f} s after Flower's delivery and this client's start-up "
+            f"({elapsed:.2f} s), and its last round needed {needed:.2f} s to load, set up, take one step and finish"
+        )
+
+
+def budget_start(sent_at: float, cap_s: float, process_start: float, now: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> float:
+    """When, on ``now``'s scale, the round started for this client: at the server's send (``sent_at``, a
+    ``time.time`` stamp from the message) as far as this machine's clock can tell, and never after
+    ``process_start`` (the ClientApp's process is started for the message, so its start-up is charged to the
+    round); at most ``cap_s`` ago."""
+    t = now()
+    age = max(wall() - sent_at if sent_at > 0 else 0.0, t - process_start)
+    return t - min(max(age, 0.0), cap_s)
