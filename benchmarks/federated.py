@@ -14,13 +14,14 @@ runs' ends), and the seconds each client idled (from its reply to the round's en
 reply or the timeout).
 
 Smoke run: ``python benchmarks/federated.py --caps 15 --rounds 2``; the README table:
-``OMP_NUM_THREADS=1 python benchmarks/federated.py --caps 12,20 --rounds 4``.
+``OMP_NUM_THREADS=1 python benchmarks/federated.py --caps 20,40 --rounds 3``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,9 +43,15 @@ def run_once(out: Path, variant: tuple[str, str], cap: float, args: argparse.Nam
             "--data", args.data, "--partition", args.partition, "--client-speed", args.speeds, "--seed", str(seed)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate()
+    except KeyboardInterrupt:  # let the launcher stop its Flower processes
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        raise
     if proc.returncode != 0:
-        raise SystemExit(f"{mode}/{decay} cap {cap:g} seed {seed} failed: {proc.stderr.strip()}")
+        raise SystemExit(f"{mode}/{decay} cap {cap:g} seed {seed} failed: {stderr.strip()}")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     summary["replies"] = [r for r in records if "node" in r]

@@ -209,16 +209,23 @@ def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path)
     assert flower_processes(out) == []
 
 
-def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
-    """SIGINT, as Ctrl-C sends it to the launcher alone; the same path serves SIGTERM."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_ctrl_c_or_a_killed_launcher_leaves_no_process(tmp_path: Path, sig: int) -> None:
+    """SIGINT, as Ctrl-C sends it to the launcher alone (SIGTERM takes the same path): the launcher stops everything
+    and says so. SIGKILL: the launcher cannot act, and its processes end because their parent died."""
     out = tmp_path / "fed"
     proc = federated(out, "--clients", "2", "--rounds", "5", "--round-seconds", "30")
     deadline = time.monotonic() + 120
     while not (out / "logs" / "serverapp.log").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert flower_processes(out), "the deployment did not start"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert "interrupted" in stderr
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted" in stderr
+        assert flower_processes(out) == []
+        return
+    deadline = time.monotonic() + 30
+    while flower_processes(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert flower_processes(out) == []
