@@ -74,6 +74,12 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
             result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now, entered)
         arrays = ArrayRecord(result.weights)
         metrics = MetricRecord({**result.metrics, **startup, "cap-seconds": cap, "client-seconds": now() - start})
+        print(f"timebudget client {node.partition_id} round {server_round}: delivered after "
+              f"{startup['delivery-seconds']:.2f} s, process start-up {startup['startup-seconds']:.2f} s, "
+              f"{result.metrics['samples']:.0f} samples, replying at {metrics['client-seconds']:.2f} s of {cap:g} s",
+              flush=True)  # into the SuperNode's log
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     except TimebudgetError as exc:
-        return Message(Error(code=ERROR_CODE, reason=f"timebudget: {first_line(exc)}"), reply_to=msg)
+        who = f"client {context.node_config.get('partition-id', '?')}"
+        print(f"timebudget {who}: error: {first_line(exc)}", flush=True)
+        return Message(Error(code=ERROR_CODE, reason=f"timebudget {who}: {first_line(exc)}"), reply_to=msg)

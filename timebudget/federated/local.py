@@ -123,7 +123,8 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
     called = now()
     result = train(train_config(run, seconds, out), start=start, now=now, hooks=hooks)
     s = result.summary
-    setup = {"import_s": called - (called if entered is None else entered), "setup_s": s["startup_s"] - (called - start),
+    setup = {"import_s": called - (called if entered is None else entered),
+             "setup_s": s["startup_s"] - (called - start),
              "step_s": s["calibration"]["step_s"][-1], "tail_s": s["tail_reserved_s"]}
     artifacts.write_json(folder / SETUP_FILE, setup)
     return RoundResult(

@@ -69,10 +69,12 @@ class DeadlineFedAvg(FedAvg):
 
 class TimedGrid(Grid):
     """The grid FedAvg sends through: the same messages, a 0.1 s poll for replies, and a record of each training
-    reply's seconds from the send to the poll that found it at the SuperLink (``in_time``: by the timeout)."""
+    reply's seconds from the send to the poll that found it at the SuperLink (``in_time``: by the timeout). Replies
+    that miss their round are looked for again before the next send and recorded as ``late``."""
 
     def __init__(self, grid: Grid, log: RoundLog) -> None:
         self.grid, self.log = grid, log
+        self.late: dict[str, tuple[dict[str, Any], float]] = {}  # message id -> its record and when it was sent
 
     def set_run(self, run: Any) -> None:
         self.grid.set_run(run)
@@ -94,6 +96,7 @@ class TimedGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        self._collect_late()
         messages = list(messages)
         sent = time.monotonic()
         ids = list(self.grid.push_messages(messages))
@@ -109,33 +112,45 @@ class TimedGrid(Grid):
             if waiting:
                 time.sleep(min(POLL_S, max(0.0, end - time.monotonic())))
         if messages and messages[0].metadata.message_type == MessageType.TRAIN:
-            self._record(messages, ids, replies, arrived, timeout)
+            by_id = {r.metadata.reply_to_message_id: r for r in replies}
+            for msg_id, msg in zip(ids, messages):
+                record: dict[str, Any] = {"round": int(msg.content["config"]["server-round"]), "client": None,
+                                          "node": msg.metadata.dst_node_id, "cap_s": timeout, "seconds": None,
+                                          "samples": None, "in_time": False}
+                if msg_id in by_id:
+                    self._describe(record, by_id[msg_id], arrived[msg_id])
+                    record["in_time"] = timeout is None or arrived[msg_id] <= timeout
+                else:
+                    self.late[msg_id] = (record, sent)
+                record["client"] = self.log.clients.get(record["node"])
+                self.log.add(record)
         return replies
 
-    def _record(self, messages: list[Message], ids: list[str], replies: list[Message], arrived: dict[str, float],
-                timeout: float | None) -> None:
-        by_id = {r.metadata.reply_to_message_id: r for r in replies}
-        for msg_id, msg in zip(ids, messages):
-            node = msg.metadata.dst_node_id
-            record: dict[str, Any] = {"round": int(msg.content["config"]["server-round"]), "client": None,
-                                      "node": node, "cap_s": timeout, "seconds": None, "samples": None,
-                                      "in_time": False}
-            reply = by_id.get(msg_id)
-            if reply is not None:
-                record.update(seconds=round(arrived[msg_id], 4), in_time=timeout is None or arrived[msg_id] <= timeout)
-                if reply.has_error():
-                    record["error"] = reply.error.reason
-                else:
-                    metrics = reply.content["metrics"]
-                    self.log.clients[node] = int(metrics["partition-id"])
-                    path = max(0.0, record["seconds"] - metrics["client-seconds"])
-                    self.log.reply_paths[node] = max(path, self.log.reply_paths.get(node, 0.0))
-                    record.update(samples=int(metrics["samples"]), cap_s=metrics["cap-seconds"],
-                                  client_seconds=round(metrics["client-seconds"], 4), loss=metrics["loss"],
-                                  delivery_s=round(metrics["delivery-seconds"], 3),
-                                  startup_s=round(metrics["startup-seconds"], 3))
-            record["client"] = self.log.clients.get(node)
-            self.log.add(record)
+    def _collect_late(self) -> None:
+        """Pull the replies that missed their round, to record when they came (by this poll: an upper bound) and
+        why (an error's reason); FedAvg never sees them."""
+        if not self.late:
+            return
+        polled = time.monotonic()
+        for reply in self.grid.pull_messages(list(self.late)):
+            record, sent = self.late.pop(reply.metadata.reply_to_message_id, (None, 0.0))
+            if record is not None:
+                self._describe(record, reply, polled - sent)
+                record["late"] = True
+
+    def _describe(self, record: dict[str, Any], reply: Message, seconds: float) -> None:
+        record["seconds"] = round(seconds, 4)
+        node = record["node"]
+        if reply.has_error():
+            record["error"] = reply.error.reason
+            return
+        metrics = reply.content["metrics"]
+        self.log.clients[node] = int(metrics["partition-id"])
+        path = max(0.0, seconds - metrics["client-seconds"])
+        self.log.reply_paths[node] = max(path, self.log.reply_paths.get(node, 0.0))
+        record.update(samples=int(metrics["samples"]), cap_s=metrics["cap-seconds"],
+                      client_seconds=round(metrics["client-seconds"], 4), loss=metrics["loss"],
+                      delivery_s=round(metrics["delivery-seconds"], 3), startup_s=round(metrics["startup-seconds"], 3))
 
 
 @app.main()
