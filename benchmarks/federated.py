@@ -87,7 +87,8 @@ def main() -> None:
                     print(f"# done {'/'.join(variant)} cap {cap:g} seed {seed}: {summary['outside_wall_s']:.0f} s",
                           file=sys.stderr)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
+    print(f"\n$ python {' '.join(sys.argv)}")
+    print(f"{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
           f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, load average {load:.1f} at the end\n")
     print("| cap s | client (lr decay) | replies in time | errors | samples/round (per client) | idle s (per client) | "
           "accuracy after each round (s since start) | acc. at the same second | final acc. |")

@@ -18,8 +18,8 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict  # noqa: E402
 
 from timebudget import models  # noqa: E402
-from timebudget.federated import client, launcher, local  # noqa: E402
-from timebudget.federated.settings import NodeSettings, RunSettings, budget_start  # noqa: E402
+from timebudget.federated import client, launcher  # noqa: E402
+from timebudget.federated.settings import RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,43 +113,6 @@ def test_evaluate_handler_reports_metrics_on_the_clients_test_share(tmp_path: Pa
     metrics = client.evaluate(msg, make_context(tmp_path, partition_id=1)).content["metrics"]
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert 150 <= metrics["num-examples"] <= 210  # half of digits' 360 test samples
-
-
-def test_slowed_sleeps_its_share_of_each_step() -> None:
-    clock, slept = TickingClock(tick=0.0), []
-
-    def step() -> str:
-        clock.t += 0.2
-        return "done"
-
-    assert local.slowed(0.25, now=clock, sleep=slept.append)(step)() == "done"
-    assert slept == [pytest.approx(0.6)]  # a quarter of the speed: the step's 0.2 s and three times that asleep
-    assert local.slowed(1.0)(step) is step
-
-
-def test_lr_decays_within_each_round_or_across_the_federation() -> None:
-    assert local.round_schedule(2, 4, "round") is None  # the run's own schedule: to zero within the round
-    schedule = local.round_schedule(2, 4, "federation")
-    assert schedule(0.0) == pytest.approx(0.75) and schedule(1.0) == pytest.approx(0.5)
-    assert local.round_schedule(4, 4, "federation")(1.0) == 0.0
-
-
-def test_budget_counts_from_the_servers_send_or_the_process_start_whichever_is_earlier() -> None:
-    clock = TickingClock(tick=0.0)
-    assert budget_start(sent_at=95.0, cap_s=10.0, process_start=clock.t - 1.0, now=clock,
-                              wall=lambda: 100.0) == clock.t - 5.0
-    assert budget_start(sent_at=99.5, cap_s=10.0, process_start=clock.t - 2.0, now=clock,
-                              wall=lambda: 100.0) == clock.t - 2.0
-    assert budget_start(sent_at=50.0, cap_s=10.0, process_start=clock.t, now=clock,
-                              wall=lambda: 100.0) == clock.t - 10.0
-
-
-def test_node_settings_are_checked() -> None:
-    assert NodeSettings.from_node_config({"partition-id": 1, "num-partitions": 3, "speed": 0.5}).speed == 0.5
-    for bad in ({"partition-id": 0}, {"partition-id": 0, "num-partitions": 2, "speed": 0},
-                {"partition-id": 0, "num-partitions": 2, "cap-seconds": -1}):
-        with pytest.raises(Exception, match="node config|speed|cap-seconds"):
-            NodeSettings.from_node_config(bad)
 
 
 @pytest.mark.parametrize("argv, needle", [

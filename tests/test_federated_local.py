@@ -1,0 +1,108 @@
+"""The federated room without Flower: a client's data share, its step slow-down, the round's learning-rate
+schedule and budget start, node settings, and the trainer hooks a client round uses (no flwr needed)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from timebudget import Config, models, train
+from timebudget.data import ArrayDataset, load
+from timebudget.federated import local
+from timebudget.federated.settings import NodeSettings, RunSettings, budget_start
+from timebudget.trainer import RunHooks
+
+from conftest import FakeClock
+
+
+class TickingClock(FakeClock):
+    """Moves ``tick`` seconds at every reading, so a run ends after a fixed number of readings."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        super().__init__()
+        self.tick = tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def test_slowed_sleeps_its_share_of_each_step() -> None:
+    clock, slept = TickingClock(), []
+
+    def step() -> str:
+        clock.t += 0.2
+        return "done"
+
+    assert local.slowed(0.25, now=clock, sleep=slept.append)(step)() == "done"
+    assert slept == [pytest.approx(0.6)]  # a quarter of the speed: the step's 0.2 s and three times that asleep
+    assert local.slowed(1.0)(step) is step
+
+
+def test_lr_decays_within_each_round_or_across_the_federation() -> None:
+    assert local.round_schedule(2, 4, "round") is None  # the run's own schedule: to zero within the round
+    schedule = local.round_schedule(2, 4, "federation")
+    assert schedule(0.0) == pytest.approx(0.75) and schedule(1.0) == pytest.approx(0.5)
+    assert local.round_schedule(4, 4, "federation")(1.0) == 0.0
+
+
+def test_budget_counts_from_the_servers_send_or_the_process_start_whichever_is_earlier() -> None:
+    clock = TickingClock()
+    assert budget_start(sent_at=95.0, cap_s=10.0, process_start=clock.t - 1.0, now=clock,
+                              wall=lambda: 100.0) == clock.t - 5.0
+    assert budget_start(sent_at=99.5, cap_s=10.0, process_start=clock.t - 2.0, now=clock,
+                              wall=lambda: 100.0) == clock.t - 2.0
+    assert budget_start(sent_at=50.0, cap_s=10.0, process_start=clock.t, now=clock,
+                              wall=lambda: 100.0) == clock.t - 10.0
+
+
+def test_node_settings_are_checked() -> None:
+    assert NodeSettings.from_node_config({"partition-id": 1, "num-partitions": 3, "speed": 0.5}).speed == 0.5
+    for bad in ({"partition-id": 0}, {"partition-id": 0, "num-partitions": 2, "speed": 0},
+                {"partition-id": 0, "num-partitions": 2, "cap-seconds": -1}):
+        with pytest.raises(Exception, match="node config|speed|cap-seconds"):
+            NodeSettings.from_node_config(bad)
+
+
+def test_client_bundle_keeps_the_clients_share_of_the_split() -> None:
+    bundle = load("digits")
+    run = RunSettings(partition="dirichlet:0.5", seed=1)
+    parts = [local.client_bundle(bundle, run, NodeSettings(k, 3)) for k in range(3)]
+    assert sum(len(p.train) for p in parts) == len(bundle.train)
+    assert all(len(p.test) == len(bundle.test) for p in parts)  # the test split is whole unless asked for
+    test_part = local.client_bundle(bundle, run, NodeSettings(0, 3), split="test")
+    assert 0 < len(test_part.test) < len(bundle.test) and len(test_part.train) == len(bundle.train)
+
+
+def test_run_hooks_shape_one_run(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    start_weights = models.build("cnn", (1, 8, 8), 10, "image").state_dict()
+    n = 200
+    scores = {"last": torch.full((n,), 2.0), "average": torch.full((n,), 2.0),
+              "count": torch.full((n,), 3, dtype=torch.int32), "step": torch.zeros(n, dtype=torch.int64)}
+    steps = []
+
+    def wrap(step):
+        def counted(*args):
+            steps.append(1)
+            return step(*args)
+
+        return counted
+
+    def first_200(bundle):
+        return dataclasses.replace(bundle, train=ArrayDataset(bundle.train.x[:n], bundle.train.y[:n]))
+
+    hooks = RunHooks(subset=first_200, weights=start_weights, scores=scores, schedule=lambda p: 0.5, wrap_step=wrap)
+    clock = TickingClock(tick=0.02)
+    result = train(Config(seconds=3.0, data="digits", out=str(tmp_path / "run"), quiet=True), start=clock.t, now=clock,
+                   hooks=hooks)
+    s = result.summary
+    assert s["n_train"] == n
+    assert len(steps) == s["steps"] + 2  # every loop step and the two calibration steps went through the wrapper
+    assert s["final_lr"] == pytest.approx(0.5 * 0.05)  # the hook's schedule: half the default lr to the end
+    saved = torch.load(tmp_path / "run" / "scores.pt")
+    assert (saved["count"] >= 3).all()  # the loaded table, added to
+    fresh = models.build("cnn", (1, 8, 8), 10, "image")
+    assert any(not torch.equal(result.model.state_dict()[k], fresh.state_dict()[k]) for k in start_weights)
