@@ -42,7 +42,7 @@ def digits_weights(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def make_context(tmp_path: Path, partition_id: int = 0, **node: object) -> Context:
-    run = RunSettings(out=str(tmp_path), rounds=2, round_seconds=6.0, clients=2, data="digits", partition="iid")
+    run = RunSettings(out=str(tmp_path), rounds=2, round_seconds=8.0, clients=2, data="digits", partition="iid")
     node_config = {"partition-id": partition_id, "num-partitions": 2, **node}
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run.to_run_config())
 
@@ -66,7 +66,7 @@ def call_train(msg: Message, context: Context, clock: TickingClock) -> Message:
 
 
 def test_train_handler_replies_with_weights_and_metrics_within_its_cap(tmp_path: Path) -> None:
-    clock, cap = TickingClock(), 6.0
+    clock, cap = TickingClock(), 8.0
     context = make_context(tmp_path)
     reply = call_train(train_message(cap), context, clock)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
@@ -86,24 +86,27 @@ def test_train_handler_replies_with_weights_and_metrics_within_its_cap(tmp_path:
 
 
 def test_the_next_round_starts_from_the_saved_score_table_and_a_node_cap_bounds_the_round(tmp_path: Path) -> None:
-    call_train(train_message(6.0, server_round=1), make_context(tmp_path), TickingClock())
+    call_train(train_message(8.0, server_round=1), make_context(tmp_path), TickingClock())
     saved = torch.load(tmp_path / "clients" / "client_0" / "round_001" / "scores.pt")
-    reply = call_train(train_message(6.0, server_round=2), make_context(tmp_path, **{"cap-seconds": 4.0}),
-                       TickingClock())
-    assert reply.content["metrics"]["cap-seconds"] == 4.0
+    msg = train_message(9.0, server_round=2)
+    msg.content["config"]["reply-path-seconds.7"] = 2.0  # what the server measured for this node (id 7)
+    reply = call_train(msg, make_context(tmp_path, **{"cap-seconds": 8.0}), TickingClock())
+    metrics = reply.content["metrics"]
+    assert metrics["cap-seconds"] == 8.0
+    assert metrics["client-seconds"] <= 8.0 - (1.5 * 2.0 + 0.5)  # the measured path, with its safety, reserved
     after = torch.load(tmp_path / "clients" / "client_0" / "round_002" / "scores.pt")
     assert (after["count"] >= saved["count"]).all() and after["count"].sum() > saved["count"].sum()
 
 
 def test_a_cap_too_small_gets_an_error_reply_not_a_crash(tmp_path: Path) -> None:
-    reply = call_train(train_message(1.5), make_context(tmp_path), TickingClock())
+    reply = call_train(train_message(2.5), make_context(tmp_path), TickingClock())
     assert reply.has_error()
     assert "too small" in reply.error.reason
     assert not (tmp_path / "clients" / "client_0" / "round_001" / "summary.json").exists()
 
 
 def test_a_bad_node_config_gets_an_error_reply(tmp_path: Path) -> None:
-    reply = call_train(train_message(6.0), make_context(tmp_path, partition_id=5), TickingClock())
+    reply = call_train(train_message(8.0), make_context(tmp_path, partition_id=5), TickingClock())
     assert reply.has_error() and "out of range" in reply.error.reason
 
 

@@ -11,7 +11,8 @@ import torch
 from timebudget import Config, models, train
 from timebudget.data import ArrayDataset, load
 from timebudget.federated import local
-from timebudget.federated.settings import NodeSettings, RunSettings, budget_start
+from timebudget.errors import BudgetTooSmall
+from timebudget.federated.settings import SETUP_FILE, NodeSettings, RunSettings, budget_start, refuse_early
 from timebudget.trainer import RunHooks
 
 from conftest import FakeClock
@@ -106,3 +107,11 @@ def test_run_hooks_shape_one_run(tmp_path: Path) -> None:
     assert (saved["count"] >= 3).all()  # the loaded table, added to
     fresh = models.build("cnn", (1, 8, 8), 10, "image")
     assert any(not torch.equal(result.model.state_dict()[k], fresh.state_dict()[k]) for k in start_weights)
+
+
+def test_a_round_the_last_measurements_cannot_fit_is_refused_at_once(tmp_path: Path) -> None:
+    refuse_early(tmp_path, elapsed=5.0, seconds=6.0)  # nothing measured yet: no refusal
+    (tmp_path / SETUP_FILE).write_text('{"import_s": 3.0, "setup_s": 1.0, "step_s": 0.1, "tail_s": 0.4}')
+    refuse_early(tmp_path, elapsed=4.0, seconds=6.0)  # 4 + 1.5 fits in 6
+    with pytest.raises(BudgetTooSmall, match="needed 4.50 s"):
+        refuse_early(tmp_path, elapsed=4.0, seconds=6.0, before_import=True)  # the imports are still to come
