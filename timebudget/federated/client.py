@@ -21,7 +21,8 @@ from .settings import REPLY_PATH_KEY, NodeSettings, RunSettings, budget_start, n
 # The SuperNode looks for finished replies every 0.5 s (flwr 1.42): a measured reply path may have caught it at once.
 REPLY_JITTER_S = 0.5
 # The path varies with the machine's load: at load 14 on 2 cores one reply took 1.9 s where the longest seen before
-# was 0.4 s, and 2.8 s when three clients replied at once. The reserve is the larger of the run's ``reply-reserve`` and this multiple of the longest path seen.
+# was 0.4 s, and 2.8 s when three clients replied at once. The reserve is the larger of the run's ``reply-reserve``
+# and this multiple of the longest path seen, plus the poll.
 REPLY_SAFETY = 1.5
 
 ERROR_CODE = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the server logs the reason and drops the reply
@@ -62,7 +63,7 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
         entered = now()
         startup = {"delivery-seconds": process_start - start, "startup-seconds": entered - process_start}
         path = round_config.get(f"{REPLY_PATH_KEY}.{context.node_id}")
-        reply_reserve = max(run.reply_reserve, REPLY_SAFETY * float(path) + REPLY_JITTER_S if path else 0.0)
+        reply_reserve = max(run.reply_reserve, (REPLY_SAFETY * float(path) + REPLY_JITTER_S) if path else 0.0)
         if run.mode == "timebudget":  # a round it cannot fit is refused before paying for the torch import
             refuse_early(node_dir(run, node), entered - start, cap - reply_reserve, before_import=True)
         from . import local
