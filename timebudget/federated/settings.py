@@ -20,12 +20,12 @@ from .partition import parse_scheme
 
 MODES = ("timebudget", "epochs")
 LR_DECAYS = ("round", "federation")
-# Seconds a reply spends between the ClientApp's return and the server seeing it, reserved before the first
-# measurement: in flwr 1.42 the ClientApp process pushes its reply to the SuperNode, which looks for finished replies
-# every 0.5 s and sends it to the SuperLink, where the server polls every 0.1 s (``server.TimedGrid``); 1.6 s measured
-# on loopback on a loaded 2-core machine, up to 2.8 s at load 14 when three clients reply at once. From the second round on, the server sends each node
-# the longest path it measured for that node (``REPLY_PATH_KEY.<node id>`` in the round's config), and the client
-# reserves the larger of this floor and 1.5 times that path plus 0.5 s.
+# Seconds a reply spends between the ClientApp's return and the server seeing it, reserved at least: in flwr 1.42
+# the ClientApp process pushes its reply to the SuperNode, which looks for finished replies every 0.5 s and sends it
+# to the SuperLink, where the server polls every 0.1 s (``server.TimedGrid``); 0.3 to 1.6 s measured on loopback on a
+# loaded 2-core machine, up to 2.8 s at load 14 when three clients replied at once. From the second round on, the
+# server sends each node the longest path it measured for that node (``REPLY_PATH_KEY.<node id>`` in the round's
+# config), and the client reserves the larger of this floor and 1.5 times that path plus 0.5 s.
 REPLY_RESERVE_S = 3.0
 REPLY_PATH_KEY = "reply-path-seconds"
 SETUP_FILE = "setup.json"  # a client's last measured costs before training, to refuse a round it cannot fit at once
