@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,6 +131,18 @@ def test_bad_launcher_input_is_one_line(cli_main, tmp_path: Path, argv: list[str
     assert result.code == 2
     result.one_line_error(needle)
     assert not (tmp_path / "fed").exists()
+
+
+def test_a_port_in_use_is_one_line(cli_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(launcher, "free_ports", lambda count: [port] * count)
+        result = cli_main("federated", "--out", str(tmp_path / "fed"))
+    assert result.code == 2
+    result.one_line_error(f"port {port}", "in use")
+    assert flower_processes(tmp_path / "fed") == []
 
 
 def test_without_flwr_the_command_is_one_line(cli_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

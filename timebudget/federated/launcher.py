@@ -137,6 +137,15 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def ensure_free(port: int) -> None:
+    """One clear line, instead of a process dying on its bind, when a port was taken since it was found free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise TimebudgetError(f"port {port} on 127.0.0.1 is in use; run again to pick other free ports") from None
+
+
 def listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
@@ -307,11 +316,13 @@ def deploy(run: RunSettings, nodes: list[NodeSettings]) -> float:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.monotonic()
     try:
+        ensure_free(link_port)
         link = deployment.start("superlink", [
             tools["flower-superlink"], "--insecure", "--database", ":flwr-in-memory:", "--host", "127.0.0.1",
             "--port", str(link_port), "--disable-runtime-dependency-installation"])
         deployment.wait_listening("superlink", link, [link_port])
         for node, port in zip(nodes, node_ports):
+            ensure_free(port)
             deployment.start(f"supernode_{node.partition_id}", [
                 tools["flower-supernode"], "--insecure", "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
                 "--port", str(port), "--node-config", node.to_node_config(), "--max-retries", "0"])
