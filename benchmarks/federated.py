@@ -114,6 +114,16 @@ def main() -> None:
             print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
                   f"{samples} | {idle} | {curve} | {at_same:.3f} at {statistics.median(same_second):.0f} s | "
                   f"{final:.3f} |")
+    print("\nReplies not in time, and error replies:")
+    for (cap, variant), runs in results.items():
+        for seed, run in zip(seeds, runs):
+            for r in run["replies"]:
+                if not r["in_time"] or "error" in r:
+                    seen = "never seen" if r["seconds"] is None else f"seen at {r['seconds']:.2f} s"
+                    client_s = r.get("client_seconds", float("nan"))
+                    why = r.get("error") or f"the client replied at {client_s:.2f} s by its clock"
+                    print(f"- cap {cap:g} {'/'.join(variant)} seed {seed}: round {r['round']} client {r['client']}, "
+                          f"{seen}: {why}")
 
 
 if __name__ == "__main__":
