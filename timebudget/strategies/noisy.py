@@ -40,10 +40,14 @@ WARM_PASSES = 5
 MIN_GAP = 0.05
 COST_SHARE = 0.01
 MAX_FIT = 5_000  # a fit then costs a few milliseconds
+MIN_SEPARATION = 2.0
+CONFIDENT_LOSS = 3.0  # the model gives the label under 5% probability
+MIN_SHARE, MAX_SHARE = 0.03, 0.5
+SHARE_TOLERANCE = 0.5
 
 
 class NoisyFilter(Strategy):
-    def __init__(self, inner: Strategy, config: "Config", task: str) -> None:
+    def __init__(self, inner: Strategy, config: "Config", task: str, auto: bool = False) -> None:
         if task != "classification":
             raise TimebudgetError(
                 f"filter_noisy needs a classification task, this data is {task}: a high regression loss marks a hard "
@@ -59,13 +63,16 @@ class NoisyFilter(Strategy):
         self.streak: torch.Tensor | None = None  # consecutive fits in which each sample was in the high-loss component
         self.excluded: torch.Tensor | None = None
         self.next_fit = config.select_warmup
+        self.auto = auto
+        self.noisy = not auto  # auto: filter only once the losses look noisy (see :func:`looks_noisy`)
+        self.fits: list[dict[str, float]] = []  # per fit: share of the high-loss component, separation, noisy or not
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
         plan = self.inner.plan(ctx)
         scores = ctx.scores
         if ctx.progress >= self.next_fit and int(scores.count.sum()) >= WARM_PASSES * scores.n:
             self.fit(ctx)
-        if self.excluded is None:
+        if self.excluded is None or not self.noisy:
             return plan
         noisy = self.excluded.cpu()
         if not bool(noisy.any()):
@@ -88,6 +95,12 @@ class NoisyFilter(Strategy):
         with self.thread_limits(1):
             gmm = self.mixture(2, tol=1e-2, reg_covar=5e-4, means_init=[[0.0], [1.0]]).fit(sample)
         high = (self.posterior(x, gmm) > 0.5) & seen
+        confident = float((scored > CONFIDENT_LOSS).float().mean())
+        separation = ashman_d(gmm)
+        self.fits.append({"progress": ctx.progress, "share": float(high.sum()) / len(scored), "confident": confident,
+                          "separation": separation, "noisy": looks_noisy(confident, separation)})
+        if self.auto and not self.noisy:
+            self.noisy = stable_noise(self.fits)
         if self.streak is None or self.excluded is None:
             self.streak = torch.zeros_like(loss, dtype=torch.int32)
             self.excluded = torch.zeros_like(seen)
@@ -104,3 +117,26 @@ class NoisyFilter(Strategy):
         prior = torch.as_tensor(gmm.weights_, dtype=x.dtype, device=x.device)
         log_p = prior.log() - 0.5 * (2 * math.pi * var).log() - (x[:, None] - means).square() / (2 * var)
         return log_p.softmax(dim=1)[:, int(means.argmax())]
+
+
+def ashman_d(gmm: Any) -> float:
+    """Ashman's D of a two-component 1-D mixture: the distance of the means in units of the pooled spread; above 2 the
+    components are clearly separated (the mixture is bimodal)."""
+    means, var = gmm.means_.ravel(), gmm.covariances_.ravel()
+    return float(math.sqrt(2.0) * abs(means[0] - means[1]) / math.sqrt(var[0] + var[1]))
+
+
+def looks_noisy(confident: float, separation: float) -> bool:
+    """One fit's verdict: the loss distribution is clearly bimodal and a plausible share of the samples is
+    confidently contradicted by the model (a running-average loss above ``CONFIDENT_LOSS``)."""
+    return separation >= MIN_SEPARATION and MIN_SHARE <= confident <= MAX_SHARE
+
+
+def stable_noise(fits: list[dict[str, float]]) -> bool:
+    """The run's verdict: the last ``PERSIST`` fits all look noisy and their confidently contradicted shares agree
+    within ``SHARE_TOLERANCE`` (relative), so they are a stable population, not a passing state of training."""
+    last = fits[-PERSIST:]
+    if len(last) < PERSIST or not all(f["noisy"] for f in last):
+        return False
+    shares = [f["confident"] for f in last]
+    return max(shares) <= (1.0 + SHARE_TOLERANCE) * min(shares)
