@@ -98,8 +98,7 @@ class Config:
         if self.save_checkpoints < 0:
             raise TimebudgetError(f"save_checkpoints must be >= 0, got {self.save_checkpoints}")
         _choice("strategy", self.strategy, STRATEGIES)
-        if isinstance(self.filter_noisy, bool):  # Config(filter_noisy=True) and the --filter-noisy switch
-            self.filter_noisy = str(self.filter_noisy).lower()
+        self.filter_noisy = str(self.filter_noisy).lower()  # True from Python or the --filter-noisy switch: "true"
         _choice("filter_noisy", self.filter_noisy, NOISE_FILTER)
         _positive("batch_size", self.batch_size)
         _positive("lr", self.lr)

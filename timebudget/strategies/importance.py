@@ -122,8 +122,10 @@ class Importance(Strategy):
 
     def __init__(self, config: "Config", task: str) -> None:
         super().__init__(config, task)
-        self.loss_name = config.loss
+        auto = "cross_entropy" if task == "classification" else "mse"  # the trainer's rule for loss "auto"
+        self.loss_name = auto if config.loss == "auto" else config.loss
         self.tau: float | None = None  # the last epoch's variance-reduction estimate (None: not computed yet)
+        self.tau_min = TAU_MIN
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
         if ctx.epoch == 0 or ctx.progress < self.config.select_warmup:
@@ -131,7 +133,7 @@ class Importance(Strategy):
         scores = ctx.scores
         k = self.whole_batches(KEEP * scores.n, scores.n)
         mask, weights, self.tau = importance_plan(gradient_bound(scores.last, self.loss_name), scores.seen, k,
-                                                  ctx.generator)
+                                                  ctx.generator, self.tau_min)
         if mask is None:
             return EpochPlan(phase="uniform")
         return EpochPlan(mask=mask.cpu(), weights=weights, phase="importance")

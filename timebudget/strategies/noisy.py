@@ -81,7 +81,7 @@ class NoisyFilter(Strategy):
         if not bool(mask.any()):  # the wrapped subset holds only suspects: train it rather than nothing
             return plan
         refresh = plan.refresh[~noisy[plan.refresh]] if plan.refresh is not None else None
-        return EpochPlan(mask=mask, weights=plan.weights, phase=plan.phase, refresh=refresh)
+        return EpochPlan(mask=mask, weights=plan.weights, phase=f"{plan.phase}+filtered", refresh=refresh)
 
     def fit(self, ctx: EpochContext) -> None:
         """Fit the mixture, update the streaks and exclusions, and schedule the next fit by this one's cost."""
