@@ -70,7 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full/step": {"strategy": "full", "filter_noisy": "false", "schedule": "step"},
     "full/constant": {"strategy": "full", "filter_noisy": "false", "schedule": "constant"},
 }
-DEFAULT_VARIANTS = ["full", "random", "infobatch", "importance", "default", "importance+auto"]
+DEFAULT_VARIANTS = ["full", "random", "infobatch", "importance", "default"]
 REFERENCES = ("full", "random", "infobatch")
 DATASETS = ["clean", "flip10", "flip20", "flip40", "redundant", "imbalanced", "regression"]
 PASSES = [1.0, 3.0, 10.0, 30.0]
@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--passes", type=float, nargs="+", help=f"budgets in passes (default {PASSES})")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=DATASETS)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
-    parser.add_argument("--candidates", nargs="+", default=["default", "importance+auto"],
+    parser.add_argument("--candidates", nargs="+", default=["default"],
                         help="variants whose goals are checked")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see the module docstring)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
