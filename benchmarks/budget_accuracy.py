@@ -16,7 +16,7 @@ defaults for such data):
 
 Budgets are given in passes over the training data: before the table, two ``full`` runs per data set (2 s and 5 s)
 measure the passes per second and the fixed cost of a run (start-up, calibration, tail), and a budget of P passes is
-``overhead + P / rate`` seconds (at least 0.5 s). The realised passes are printed (the machine's load moves them). Each run is an in-process ``timebudget.trainer.train``
+``overhead + P / rate`` seconds (at least 1 s, so the smallest budget realises a few passes). The realised passes are printed (the machine's load moves them). Each run is an in-process ``timebudget.trainer.train``
 call, its budget counted from the call; within each (data set, budget, seed) the variants run in a shuffled order, so
 load changes hit all alike. Torch uses one thread (on a shared machine two threads on two busy cores make step times
 jump by 10x and more).
@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks.ha
 
 from benchmarks import hard_data  # noqa: E402
 from timebudget.config import Config  # noqa: E402
+from timebudget.errors import BudgetTooSmall  # noqa: E402
 from timebudget.trainer import train  # noqa: E402
 
 # name -> Config overrides. The references and the other methods run with the noise filter off; "default" is Config()'s.
@@ -78,7 +79,8 @@ QUICK_PASSES = [1.0, 10.0]
 SEEDS = [0, 1, 2, 3, 4]
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 DATA_SEED = 0
-MIN_SECONDS = 0.5  # below this a run on a loaded machine may not fit its own start-up
+MIN_SECONDS = 1.0  # below this a run on a loaded machine may not fit its own start-up
+RETRIES = 3  # a run refused as too small (a load spike during its start-up) is retried after a pause
 
 
 # --- data sets -----------------------------------------------------------------------------------------------------
@@ -132,7 +134,15 @@ class Result:
 
 def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out: Path) -> Result:
     config = Config(seconds=budget, data=spec, seed=seed, quiet=True, device="cpu", out=str(out), **overrides)
-    s = train(config).summary
+    for attempt in range(RETRIES + 1):
+        try:
+            s = train(config).summary
+            break
+        except BudgetTooSmall:
+            if attempt == RETRIES:
+                raise
+            print(f"retrying {out.name}: refused as too small under load", file=sys.stderr, flush=True)
+            time.sleep(2.0)
     phases = [json.loads(line).get("phase", "") for line in (out / "metrics.jsonl").read_text().splitlines()
               if '"epoch"' in line]
     metrics = s["test_metrics"]
