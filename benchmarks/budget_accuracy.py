@@ -12,13 +12,15 @@ defaults for such data):
   them near-duplicates); the clean test set;
 - ``imbalanced``: training classes shrinking geometrically (class c keeps 0.75^c of its share, 1,500 rows); the
   balanced clean test set;
-- ``regression``: ``hard_data.regression`` with 2,000 rows (1,600 train): 100 correlated features, a nonlinearity, noise.
+- ``regression``: ``hard_data.regression`` with 2,000 rows (1,600 train): 100 correlated features, a nonlinearity,
+  noise.
 
 Budgets are given in passes over the training data: before the table, two ``full`` runs per data set (2 s and 5 s)
 measure the passes per second and the fixed cost of a run (start-up, calibration, tail), and a budget of P passes is
-``overhead + P / rate`` seconds (at least 1 s, so the smallest budget realises a few passes). The realised passes are printed (the machine's load moves them). Each run is an in-process ``timebudget.trainer.train``
-call, its budget counted from the call; within each (data set, budget, seed) the variants run in a shuffled order, so
-load changes hit all alike. Torch uses one thread (on a shared machine two threads on two busy cores make step times
+``overhead + P / rate`` seconds (at least 1 s, so the smallest budget realises a few passes). The realised passes are
+printed (the machine's load moves them). Each run is an in-process ``timebudget.trainer.train`` call, its budget
+counted from the call; within each (data set, budget, seed) the variants run in a shuffled order, so load changes hit
+all alike. Torch uses one thread (on a shared machine two threads on two busy cores make step times
 jump by 10x and more).
 
 The table gives per variant and budget the metric (accuracy in %, or RMSE for regression) as mean ± std over seeds,
@@ -132,17 +134,20 @@ class Result:
     importance: float  # share of epochs sampled by importance
 
 
-def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out: Path) -> Result:
-    config = Config(seconds=budget, data=spec, seed=seed, quiet=True, device="cpu", out=str(out), **overrides)
-    for attempt in range(RETRIES + 1):
+def train_retrying(config: Config) -> dict[str, Any]:
+    """``train(config).summary``; a run refused as too small (a load spike during its start-up) is retried."""
+    for attempt in range(RETRIES):
         try:
-            s = train(config).summary
-            break
+            return train(config).summary
         except BudgetTooSmall:
-            if attempt == RETRIES:
-                raise
-            print(f"retrying {out.name}: refused as too small under load", file=sys.stderr, flush=True)
+            print(f"retrying {config.out}: refused as too small under load", file=sys.stderr, flush=True)
             time.sleep(2.0)
+    return train(config).summary
+
+
+def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out: Path) -> Result:
+    s = train_retrying(Config(seconds=budget, data=spec, seed=seed, quiet=True, device="cpu", out=str(out),
+                              **overrides))
     phases = [json.loads(line).get("phase", "") for line in (out / "metrics.jsonl").read_text().splitlines()
               if '"epoch"' in line]
     metrics = s["test_metrics"]
@@ -159,8 +164,8 @@ def calibrate(spec: str, folder: Path) -> tuple[float, float]:
     their realised passes, so the fixed cost of a short run (start-up, calibration, tail) is measured, not assumed."""
     points = []
     for seconds in (2.0, 5.0):
-        s = train(Config(seconds=seconds, data=spec, quiet=True, device="cpu", out=str(folder / f"{seconds:g}"),
-                         filter_noisy="false")).summary
+        s = train_retrying(Config(seconds=seconds, data=spec, quiet=True, device="cpu",
+                                  out=str(folder / f"{seconds:g}"), filter_noisy="false"))
         points.append((seconds, s["passes"]))
     (b1, p1), (b2, p2) = points
     rate = max(1e-6, (p2 - p1) / (b2 - b1))
@@ -284,7 +289,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         specs = write_sets(args.datasets, folder)
-        train(Config(seconds=10, quiet=True, device="cpu", out=str(folder / "warmup")))  # imports, allocations
+        train_retrying(Config(seconds=30, quiet=True, device="cpu", out=str(folder / "warmup")))  # imports, allocations
         results, budgets = run_all(specs, passes, seeds, variants, folder)
     print(f"timebudget budget_accuracy: seeds {seeds}, passes {passes}, torch threads {args.threads}, "
           f"command: {' '.join(sys.argv)}")

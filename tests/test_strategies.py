@@ -228,7 +228,7 @@ def test_gmm_filter_finds_planted_mislabelled_samples() -> None:
     scores = ScoreTable(n)
     for step in range(noisy.WARM_PASSES):
         scores.record(torch.arange(n), losses, step)
-    filtered = strategy("full", filter_noisy=True)
+    filtered = build(Config(seconds=1e6, filter_noisy=True), "classification")  # fits spaced by MIN_GAP, not cost
     first = filtered.plan(context(scores, progress=0.3))
     assert first.mask is None  # one fit is not persistent enough
     kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
@@ -264,7 +264,7 @@ def blobs_training(rate: float, seed: int = 0, n: int = 2000, classes: int = 10,
     model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scores = ScoreTable(n)
-    auto = build(Config(seconds=100), "classification")
+    auto = build(Config(seconds=1e6), "classification")  # a long budget: fits are spaced by MIN_GAP, not by their cost
     assert isinstance(auto, noisy.NoisyFilter) and auto.auto
     for epoch in range(epochs):
         auto.plan(context(scores, progress=epoch / epochs, epoch=epoch, seed=epoch))
@@ -295,7 +295,7 @@ def test_auto_filter_leaves_nothing_out_until_it_decides() -> None:
     scores = ScoreTable(n)
     for step in range(noisy.WARM_PASSES):
         scores.record(torch.arange(n), losses, step)
-    auto = strategy("full")
+    auto = build(Config(seconds=1e6), "classification")  # a long budget: fits are spaced by MIN_GAP, not by their cost
     assert auto.plan(context(scores, progress=0.3)).mask is None and not auto.noisy  # one fit: not yet stable
     plan = auto.plan(context(scores, progress=0.5))
     assert auto.noisy and plan.phase == "full+filtered"
