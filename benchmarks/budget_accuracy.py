@@ -136,7 +136,7 @@ class Result:
 
 def train_retrying(config: Config) -> dict[str, Any]:
     """``train(config).summary``; a run refused as too small (a load spike during its start-up) is retried."""
-    for attempt in range(RETRIES):
+    for _ in range(RETRIES):
         try:
             return train(config).summary
         except BudgetTooSmall:
