@@ -60,9 +60,10 @@ def test_selection_flags_set_their_config_fields() -> None:
         return cli.config_from_args(cli.build_parser().parse_args(["train", "--seconds", "9", *extra]))
 
     plain = resolve()
-    assert (plain.filter_noisy, plain.keep_fraction) == (False, None)
+    assert (plain.filter_noisy, plain.keep_fraction) == ("auto", None)
     chosen = resolve("--strategy", "selective", "--filter-noisy", "--keep-fraction", "0.4")
-    assert (chosen.strategy, chosen.filter_noisy, chosen.keep_fraction) == ("selective", True, 0.4)
+    assert (chosen.strategy, chosen.filter_noisy, chosen.keep_fraction) == ("selective", "true", 0.4)
+    assert resolve("--set", "filter_noisy=false").filter_noisy == "false"
     with pytest.raises(TimebudgetError, match=r"keep_fraction must be in \(0, 1\]"):
         resolve("--keep-fraction", "1.5")
 

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from timebudget import data, sampler
+import torch.nn.functional as F
+
+from timebudget import config as config_module, data, sampler
 from timebudget.config import Config
 from timebudget.errors import TimebudgetError
 from timebudget.scores import ScoreTable
 from timebudget.strategies import STRATEGIES, EpochContext, EpochPlan, Strategy, build, noisy
+from timebudget.strategies import importance
 from timebudget.strategies.base import MIN_FRACTION, RERANKS, budget_fraction
 from timebudget.strategies.selective import REFRESH_SHARE, STALE_EPOCHS
 from timebudget.trainer import train
@@ -59,7 +62,8 @@ def check_mask(plan: EpochPlan, n: int) -> torch.Tensor:
 
 # --- hand-made score tables -----------------------------------------------------------------------------------------
 def test_registry_has_every_strategy() -> None:
-    assert set(STRATEGIES) == {"full", "random", "infobatch", "hard", "curriculum", "selective"}
+    assert set(STRATEGIES) == {"full", "random", "infobatch", "hard", "curriculum", "selective", "importance"}
+    assert tuple(STRATEGIES) == config_module.STRATEGIES  # the names config validates against
     assert build(Config(seconds=1), "classification").plan(context(table(ranked_losses()))) == EpochPlan()
 
 
@@ -224,7 +228,7 @@ def test_gmm_filter_finds_planted_mislabelled_samples() -> None:
     scores = ScoreTable(n)
     for step in range(noisy.WARM_PASSES):
         scores.record(torch.arange(n), losses, step)
-    filtered = strategy("full", filter_noisy=True)
+    filtered = build(Config(seconds=1e6, filter_noisy=True), "classification")  # fits spaced by MIN_GAP, not cost
     first = filtered.plan(context(scores, progress=0.3))
     assert first.mask is None  # one fit is not persistent enough
     kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
@@ -245,6 +249,134 @@ def test_filter_waits_for_the_warmup_passes() -> None:
 def test_filter_refuses_regression() -> None:
     with pytest.raises(TimebudgetError, match="filter_noisy needs a classification task"):
         build(Config(seconds=1, strategy="selective", filter_noisy=True), "regression")
+
+
+def blobs_training(rate: float, seed: int = 0, n: int = 2000, classes: int = 10, epochs: int = 12) -> noisy.NoisyFilter:
+    """Train a small MLP on separable Gaussian blobs with ``rate`` of the labels flipped, recording per-sample losses
+    in a score table, with the default (auto) filter planning every epoch; returns the filter."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 3.0 * torch.randn(classes, 20, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centres[y] + torch.randn(n, 20, generator=g)
+    flip = torch.randperm(n, generator=g)[: round(rate * n)]
+    y[flip] = (y[flip] + torch.randint(1, classes, (len(flip),), generator=g)) % classes
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, classes))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scores = ScoreTable(n)
+    auto = build(Config(seconds=1e6), "classification")  # a long budget: fits are spaced by MIN_GAP, not by their cost
+    assert isinstance(auto, noisy.NoisyFilter) and auto.auto
+    for epoch in range(epochs):
+        auto.plan(context(scores, progress=epoch / epochs, epoch=epoch, seed=epoch))
+        for idx in torch.randperm(n, generator=g).split(64):
+            losses = F.cross_entropy(model(x[idx]), y[idx], reduction="none")
+            optimizer.zero_grad()
+            losses.mean().backward()
+            optimizer.step()
+            scores.record(idx, losses.detach(), epoch)
+    return auto
+
+
+def test_auto_filter_turns_on_for_flipped_labels_and_stays_off_on_clean_data() -> None:
+    flipped, clean = blobs_training(0.3), blobs_training(0.0)
+    assert flipped.noisy and not clean.noisy
+    # wide margins around the share threshold, so the verdicts do not hang on a seed
+    assert min(f["confident"] for f in flipped.fits) > 3 * noisy.MIN_SHARE
+    assert max(f["confident"] for f in clean.fits) < noisy.MIN_SHARE / 3
+    assert len(clean.fits) >= noisy.PERSIST  # it did look, several times
+
+
+def test_auto_filter_leaves_nothing_out_until_it_decides() -> None:
+    n = 2000
+    g = torch.Generator().manual_seed(5)
+    planted = torch.randperm(n, generator=g)[:200]
+    losses = torch.empty(n).exponential_(10.0, generator=g)
+    losses[planted] = 4.0 + 0.5 * torch.randn(200, generator=g)  # confidently contradicted: loss > CONFIDENT_LOSS
+    scores = ScoreTable(n)
+    for step in range(noisy.WARM_PASSES):
+        scores.record(torch.arange(n), losses, step)
+    auto = build(Config(seconds=1e6), "classification")  # a long budget: fits are spaced by MIN_GAP, not by their cost
+    assert auto.plan(context(scores, progress=0.3)).mask is None and not auto.noisy  # one fit: not yet stable
+    plan = auto.plan(context(scores, progress=0.5))
+    assert auto.noisy and plan.phase == "full+filtered"
+    assert len(set(range(n)) - set(check_mask(plan, n).tolist()) - set(planted.tolist())) <= 10
+
+
+def test_auto_filter_is_off_for_regression_and_forced_filter_refuses_it() -> None:
+    assert build(Config(seconds=1, strategy="full"), "regression").name == "full"
+    with pytest.raises(TimebudgetError, match="unknown filter_noisy 'maybe'; allowed: auto, true, false"):
+        Config(seconds=1, filter_noisy="maybe").validate()
+    assert Config(seconds=1, filter_noisy=True).validate().filter_noisy == "true"
+    assert config_module.apply({"seconds": 1, "filter_noisy": "auto"}).validate().filter_noisy == "auto"
+
+
+# --- importance sampling --------------------------------------------------------------------------------------------
+def test_systematic_sampling_draws_exactly_k_with_the_given_probabilities() -> None:
+    pi = importance.inclusion_probabilities(importance.sampling_distribution(torch.rand(12) ** 3, 0.2), 5)
+    assert float(pi.sum()) == pytest.approx(5.0) and float(pi.max()) <= 1.0 + 1e-12
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([importance.systematic_sample(pi, g) for _ in range(20_000)])
+    assert bool((draws.sum(1) == 5).all())
+    assert torch.allclose(draws.double().mean(0), pi, atol=0.015)
+
+
+def test_importance_weights_keep_the_gradient_unbiased_on_a_tiny_problem() -> None:
+    """The mean weighted loss over an epoch's kept samples has, in expectation over the draws, the gradient of the
+    mean loss over all samples: checked with autograd on a tiny logistic regression, within four standard errors."""
+    g = torch.Generator().manual_seed(3)
+    n, k = 16, 6
+    x, y = torch.randn(n, 3, generator=g), torch.randint(0, 2, (n,), generator=g)
+    w = torch.randn(3, 2, generator=g, requires_grad=True)
+
+    def gradient(mask: torch.Tensor | None, weights: torch.Tensor | None) -> torch.Tensor:
+        losses = F.cross_entropy(x @ w, y, reduction="none")
+        loss = losses.mean() if mask is None else (losses * weights)[mask].mean()
+        return torch.autograd.grad(loss, w)[0].flatten()
+
+    with torch.no_grad():
+        losses = F.cross_entropy(x @ w, y, reduction="none")
+    seen = torch.ones(n, dtype=torch.bool)
+    seen[[2, 9]] = False  # unscored samples: always kept
+    score = importance.gradient_bound(losses, "cross_entropy")
+    draws = []
+    for _ in range(4000):
+        mask, weights, tau = importance.importance_plan(score, seen, k, g, tau_min=1.0)
+        assert mask is not None and weights is not None and int(mask.sum()) == k
+        assert bool(mask[~seen].all())
+        draws.append(gradient(mask, weights))
+    estimates = torch.stack(draws)
+    error = (estimates.mean(0) - gradient(None, None)).abs()
+    standard_error = estimates.std(0) / math.sqrt(len(draws))
+    assert bool((error <= 4 * standard_error + 1e-6).all()), (error, standard_error)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_importance_never_leaves_out_an_unscored_sample(seed: int) -> None:
+    n = 200
+    scores = ScoreTable(n)
+    g = torch.Generator().manual_seed(seed)
+    scored = torch.randperm(n, generator=g)[:150]
+    losses = torch.full((150,), 1e-3)
+    losses[torch.randperm(150, generator=g)[:20]] = 3.0  # most samples learnt, a few not: importance pays
+    scores.record(scored, losses, 0)
+    strategy_ = strategy("importance", batch_size=10, filter_noisy="false")
+    plan = strategy_.plan(context(scores, seed=seed))
+    assert plan.phase == "importance" and strategy_.tau >= importance.TAU_MIN
+    kept = check_mask(plan, n)
+    assert bool(torch.isin((~scores.seen).nonzero().flatten(), kept).all())
+    assert len(kept) == importance.KEEP * n
+
+
+def test_importance_falls_back_to_uniform_when_it_does_not_pay() -> None:
+    even = strategy("importance", filter_noisy="false")
+    plan = even.plan(context(table(torch.full((N,), 0.7))))  # equal scores: tau = 1
+    assert (plan.mask, plan.weights, plan.phase) == (None, None, "uniform") and even.tau == pytest.approx(1.0)
+    mild = strategy("importance", filter_noisy="false")
+    plan = mild.plan(context(table(0.5 + 0.1 * ranked_losses())))  # scores differ, but too little to pay
+    assert plan.mask is None and 1.0 < mild.tau < importance.TAU_MIN
+    l1 = build(Config(seconds=100, strategy="importance", loss="l1"), "regression")  # |grad| is constant for L1
+    assert l1.plan(context(table(ranked_losses()))).phase == "uniform"
+    assert strategy("importance").plan(context(table(ranked_losses()), epoch=0)).phase == "warmup"
 
 
 # --- end to end -----------------------------------------------------------------------------------------------------

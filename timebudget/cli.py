@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--strategy",
-                   help="sample selection: full (default), random, infobatch, hard, curriculum, selective")
+                   help="sample selection: full (default), random, infobatch, hard, curriculum, selective, "
+                   "importance")
     t.add_argument("--schedule",
                    help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default from the data size)")
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed share of the data a selection strategy keeps per epoch, in (0, 1] "
                    "(default: budget-sized)")
     t.add_argument("--filter-noisy", dest="filter_noisy", action="store_true",
-                   help="leave out probably mislabelled samples (GaussianMixture on losses; classification only)")
+                   help="always leave out probably mislabelled samples (classification only); the default, "
+                   "filter_noisy=auto, does so only once the run's losses look noisy; --set filter_noisy=false: never")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no closing line")
     t.add_argument("--explain", action="store_true", help="after the deadline, run `timebudget explain` on the run "
                    "folder with its defaults; this runs outside the budget (same as --set explain=true)")

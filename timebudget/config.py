@@ -24,6 +24,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_PATHS = ("auto", "resident", "loader")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
+# the names of timebudget.strategies.STRATEGIES (which imports this module, so the list lives here; a test checks it)
+STRATEGIES = ("full", "random", "infobatch", "hard", "curriculum", "selective", "importance")
+NOISE_FILTER = ("auto", "true", "false")
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Config:
     keep_fraction: float | None = None
     select_warmup: float = 0.1
     anneal: float = 0.125
-    filter_noisy: bool = False
+    filter_noisy: str = "auto"  # auto: on once the run's losses look noisy (classification only); true; false
     loss: str = "auto"
     label_smoothing: float = 0.0
     augment: bool | None = None
@@ -94,9 +97,9 @@ class Config:
         _in_range("ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
         if self.save_checkpoints < 0:
             raise TimebudgetError(f"save_checkpoints must be >= 0, got {self.save_checkpoints}")
-        from .strategies import STRATEGIES  # the registry lives with the strategies
-
-        _choice("strategy", self.strategy, tuple(STRATEGIES))
+        _choice("strategy", self.strategy, STRATEGIES)
+        self.filter_noisy = str(self.filter_noisy).lower()  # True from Python or the --filter-noisy switch: "true"
+        _choice("filter_noisy", self.filter_noisy, NOISE_FILTER)
         _positive("batch_size", self.batch_size)
         _positive("lr", self.lr)
         _positive("image_size", self.image_size)

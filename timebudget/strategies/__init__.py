@@ -1,34 +1,37 @@
 """Selection strategies: each decides, per epoch, which samples to train and with what weights.
 
-``full`` (uniform), ``random`` (RS2), ``infobatch``, ``hard``, ``curriculum`` and ``selective`` (the project's own);
-``config.filter_noisy`` wraps any of them in the GaussianMixture noisy-label filter.
+``full`` (uniform), ``random`` (RS2), ``infobatch``, ``hard``, ``curriculum``, ``selective`` (the project's own) and
+``importance`` (gradient-norm importance sampling); ``config.filter_noisy`` wraps any of them in the noisy-label
+filter (``auto``: it decides from the run's own losses whether labels look noisy).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..config import Config
 from .base import EpochContext, EpochPlan, Strategy
 from .curriculum import Curriculum
 from .full import Full
 from .hard import Hard
+from .importance import Importance
 from .infobatch import InfoBatch
 from .noisy import NoisyFilter
 from .random import Random
 from .selective import Selective
 
-if TYPE_CHECKING:
-    from ..config import Config
-
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Full, Random, InfoBatch, Hard, Curriculum, Selective)
+    cls.name: cls for cls in (Full, Random, InfoBatch, Hard, Curriculum, Selective, Importance)
 }
 
 
-def build(config: "Config", task: str) -> Strategy:
+def build(config: Config, task: str) -> Strategy:
     """The strategy named by ``config.strategy``, configured from the run's config, behind the noisy-sample filter
-    when ``config.filter_noisy`` is set."""
+    when ``config.filter_noisy`` is ``true``, or ``auto`` on a classification task (the filter then decides)."""
     strategy = STRATEGIES[config.strategy](config, task)
-    return NoisyFilter(strategy, config, task) if config.filter_noisy else strategy
+    mode = config.filter_noisy
+    if isinstance(mode, bool):
+        mode = str(mode).lower()
+    if mode == "true" or (mode == "auto" and task == "classification"):
+        return NoisyFilter(strategy, config, task, auto=mode == "auto")
+    return strategy
 
 
 __all__ = ["STRATEGIES", "EpochContext", "EpochPlan", "Strategy", "build"]
