@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import math
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from torch import nn
 
 from . import accel, artifacts, augment, config as config_module, data, distributed, models, sampler, schedules, \
     startup, strategies
+from . import progress
 from .averaging import EMA
 from .batches import Batches
 from .clock import BudgetClock
@@ -151,26 +151,6 @@ def default_out_dir(config: Config) -> Path:
     return Path("runs") / f"{stamp}-{name}-{config.strategy}"
 
 
-class _Progress:
-    """A tqdm bar of the budget's seconds, showing lr and loss; silent with --quiet or when stdout is no terminal."""
-
-    def __init__(self, total_s: float, quiet: bool) -> None:
-        self.bar = None
-        if not quiet and sys.stdout.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=round(total_s, 1), unit="s", bar_format="{l_bar}{bar}| {n:.1f}/{total}s {postfix}")
-
-    def update(self, elapsed: float, **fields: Any) -> None:
-        if self.bar is not None:
-            self.bar.n = round(min(elapsed, self.bar.total), 1)
-            self.bar.set_postfix(fields, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def train(
     config: Config,
     start: float | None = None,
@@ -193,11 +173,14 @@ def train(
                                   "folder")
         if not world.is_writer:
             config = dataclasses.replace(config, quiet=True)
-        run = _Run(config, clock, world)
-        run.calibrate()
-        run.open_folder()
-        run.loop()
-        result = run.finish()
+        with progress.Progress(clock, config.quiet) as view:
+            run = _Run(config, clock, world)
+            view.phase("calibration")
+            run.calibrate()
+            run.open_folder()
+            run.loop(view)
+            view.phase("tail")
+            result = run.finish()
     world.close()
     return result
 
@@ -247,7 +230,7 @@ class _Run:
             self.optimizer, config.lr, schedules.build(config.schedule, config.warmup, config.step_milestones)
         )
         self.averaged: EMA | None = None
-        self.pending_step: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
+        self.pending_step: tuple[dict[str, Any], accel.HostCopy] | None = None
         clock.timeline = accel.timeline(device, clock.now)
         self.drop_partial = config.compile or device.type == "cuda"  # one batch shape: no recompiles, no re-tuning
         self.steps = self.epochs = self.samples = 0
@@ -269,6 +252,11 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return losses.detach()
+
+    def status(self) -> progress.Status:
+        """What the live view shows, read at its refreshes only."""
+        kept = self.kept_log[-1]["kept_fraction"] if self.kept_log else None
+        return progress.Status(lr=self.schedule.lr, samples=self.samples, epoch=self.epochs, kept_fraction=kept)
 
     def final_model(self) -> nn.Module:
         """What is evaluated and saved: the weight average once it has started, else the trained model."""
@@ -370,15 +358,15 @@ class _Run:
         self.startup.mark("folder")
 
     # --- the loop ----------------------------------------------------------------------------------------------
-    def loop(self) -> None:
+    def loop(self, view: progress.Progress) -> None:
         config, clock, now, device = self.config, self.clock, self.now, self.device
-        bar = _Progress(config.seconds, config.quiet)
         checkpoint_every = 1.0 / (config.save_checkpoints + 1)
         next_checkpoint = checkpoint_every if config.save_checkpoints else math.inf
         average_from = config.average_from if config.average_from is not None else math.inf
         next_eval = config.eval_every or math.inf
         self.model.train()
         clock.start_training()
+        view.phase("training", self.status)
         stop = self.world.agree_stop(clock.should_stop())
         while not stop:
             order, chunks, weights = self.plan_epoch()
@@ -398,10 +386,9 @@ class _Run:
                     else:
                         self.averaged.update()
                 if self.steps % config.log_every == 0:
-                    loss_value = self.log_step(lr, torch.cat(epoch_losses[logged:]))
+                    self.log_step(lr, torch.cat(epoch_losses[logged:]))
                     logged = len(epoch_losses)
-                    if loss_value is not None:
-                        bar.update(clock.elapsed(), lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
+                view.tick(losses)
                 local_stop = clock.step_done()
                 if not local_stop:
                     if self.tail_probe.load_changed(slowdown := clock.slowdown()):
@@ -429,7 +416,6 @@ class _Run:
             self.log.flush()
             stop = self.world.agree_stop(stop or clock.should_stop())
         clock.stop_training()
-        bar.close()
         self.log.flush()
 
     def plan_epoch(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
@@ -466,32 +452,23 @@ class _Run:
         self.log.write(record)
         return order, chunks, weights
 
-    def log_step(self, lr: float, losses: torch.Tensor) -> float | None:
+    def log_step(self, lr: float, losses: torch.Tensor) -> None:
         """Make a step record with the mean of ``losses`` (the steps since the last record). Its loss is copied to
         the host without waiting and read at the next record, long arrived by then, which is when the record is
-        written; returns that earlier record's loss (for the progress bar), ``None`` at the first."""
-        mean = losses.mean()
-        value = mean.to("cpu", non_blocking=True)
-        arrived = torch.cuda.Event() if mean.is_cuda else None
-        if arrived is not None:
-            arrived.record()
-        previous = self.write_step_log()
+        written."""
+        loss = accel.HostCopy(losses.mean())
+        self.write_step_log()
         self.pending_step = ({"event": "step", "step": self.steps, "epoch": self.epochs,
-                              "time": round(self.clock.elapsed(), 4), "lr": lr, "samples": self.samples},
-                             value, arrived)
-        return previous
+                              "time": round(self.clock.elapsed(), 4), "lr": lr, "samples": self.samples}, loss)
 
-    def write_step_log(self) -> float | None:
-        """Write the step record waiting for its loss, if any; return that loss."""
+    def write_step_log(self) -> None:
+        """Write the step record waiting for its loss, if any."""
         if self.pending_step is None:
-            return None
-        record, value, arrived = self.pending_step
-        if arrived is not None:
-            arrived.synchronize()
+            return
+        record, loss = self.pending_step
         self.pending_step = None
-        record["loss"] = float(value)
+        record["loss"] = loss.get()
         self.log.write(record)
-        return record["loss"]
 
     @torch.no_grad()
     def refresh(self, index: torch.Tensor, room: float) -> None:
