@@ -31,7 +31,7 @@ from torch import nn
 
 from . import accel, artifacts, augment, config as config_module, data, distributed, models, sampler, schedules, \
     startup, strategies
-from . import progress
+from . import progress, tensorboard_sink
 from .averaging import EMA
 from .batches import Batches
 from .clock import BudgetClock
@@ -194,6 +194,8 @@ class _Run:
     def __init__(self, config: Config, clock: BudgetClock, world: distributed.World) -> None:
         self.clock, self.now, self.world = clock, clock.now, world
         self.startup = startup.Startup(clock.start, clock.now)
+        if config.tensorboard:
+            tensorboard_sink.check_available()
         torch.manual_seed(config.seed)
         self.device = device = world.place(accel.resolve_device(config.device))
         accel.check_precision(config.precision, device)
@@ -294,6 +296,7 @@ class _Run:
     # --- calibration: measure a step, the evaluation and the checkpoint before committing to the budget --------
     def calibrate(self) -> None:
         config, clock, now = self.config, self.clock, self.now
+        self.phase_starts = {"start-up": 0.0, "calibration": clock.elapsed()}
         first = sampler.batches(torch.randperm(self.n, generator=torch.Generator().manual_seed(config.seed)),
                                 self.rank_batch)
         ((px, py, _),) = self.train_batches.iterate(first[:1])
@@ -354,7 +357,10 @@ class _Run:
             artifacts.write_text(self.out_dir / "config.yaml", config_module.dump(config))
             if config.save_checkpoints:
                 self.checkpoint_dir.mkdir(exist_ok=True)
-        self.log = self.world.metrics_log(self.out_dir / "metrics.jsonl")
+        sinks: list[artifacts.Sink] = []
+        if config.tensorboard and self.world.is_writer:
+            sinks.append(tensorboard_sink.TensorBoardSink(self.out_dir / "tensorboard", self.clock.elapsed()))
+        self.log = self.world.metrics_log(self.out_dir / "metrics.jsonl", sinks)
         self.startup.mark("folder")
 
     # --- the loop ----------------------------------------------------------------------------------------------
@@ -367,6 +373,9 @@ class _Run:
         self.model.train()
         clock.start_training()
         view.phase("training", self.status)
+        self.phase_starts["training"] = clock.training_started - clock.start
+        self.log.write({"event": "training", "time": round(clock.elapsed(), 4), "budget_s": config.seconds,
+                        "phase_starts": dict(self.phase_starts), "window_end_s": clock.window_end - clock.start})
         stop = self.world.agree_stop(clock.should_stop())
         while not stop:
             order, chunks, weights = self.plan_epoch()
@@ -526,7 +535,10 @@ class _Run:
         if not self.world.is_writer:  # under torchrun: the tail is rank 0's
             return TrainResult(self.out_dir, {"steps": self.steps, **world}, self.final_model(), config, False)
         tail_start = self.now()
+        self.phase_starts["tail"] = tail_start - clock.start
         metrics = self.test_metrics()
+        self.log.write({"event": "final", "step": self.steps, "time": round(clock.elapsed(), 4), **metrics})
+        self.log.close()
         artifacts.save_torch(self.out_dir / "checkpoint.pt", self.checkpoint())
         artifacts.save_torch(self.out_dir / "scores.pt", self.scores.state_dict())
         summary = {
@@ -556,6 +568,8 @@ class _Run:
             "final_lr": self.schedule.lr,
             "startup_s": clock.training_started - clock.start,
             "startup": self.startup.summary(clock.training_started, self.step_times),
+            "phase_starts": self.phase_starts,
+            "window_end_s": clock.window_end - clock.start,
             "calibration": {"step_s": self.step_times, "eval_s": self.eval_s, "save_s": self.save_s},
             "tail_reserved_s": clock.reserve_s,
             "weights_averaged": self.averaged is not None,
