@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def test_refreshes_on_time_not_per_step_and_shows_the_run(fake_clock: FakeClock)
         reads.append(fake_clock())
         return Status(lr=0.05, samples=samples[0], epoch=3, kept_fraction=0.25)
 
-    with Progress(clock, stream=term, interval=0.5) as view:
+    with Progress(clock, stream=term, interval=0.5, background=False) as view:
         assert Frame.parse(term.frames()[-1]).phase == "start-up"
         fake_clock.advance(2.0)
         view.phase("calibration")
@@ -89,12 +90,12 @@ def test_refreshes_on_time_not_per_step_and_shows_the_run(fake_clock: FakeClock)
             fake_clock.advance(0.0625)
             samples[0] += 128
             view.tick(torch.full((128,), 2.0))
-        assert len(term.frames()) == drawn and len(reads) == 1  # the phase change's frame only
+        assert len(term.frames()) == drawn and len(reads) == 2  # the phase change's frame only (samples, draw)
         fake_clock.advance(0.125)
         samples[0] += 128
         view.tick(torch.full((128,), 2.0))
         first = Frame.parse(term.frames()[-1])
-        assert len(term.frames()) == drawn + 1 and len(reads) == 2
+        assert len(term.frames()) == drawn + 1 and len(reads) == 4
         assert (first.phase, first.elapsed) == ("training", 3.5)
         assert first.field(r"left ([\d.]+)s") == "16.5" and first.field(r"lr ([\d.]+)") == "0.05"
         assert first.field(r"([\d,]+) samples/s") == "1,792"  # 896 samples in 0.5 s
@@ -109,6 +110,19 @@ def test_refreshes_on_time_not_per_step_and_shows_the_run(fake_clock: FakeClock)
         view.phase("tail")
     assert Frame.parse(term.frames()[-1]).phase == "tail"
     assert term.getvalue().endswith("\n")  # a finished run leaves its last frame on screen
+
+
+def test_a_background_thread_redraws_where_no_step_ticks(fake_clock: FakeClock) -> None:
+    """Start-up, calibration, an evaluation or the tail: nothing ticks, yet the line moves once a refresh is due."""
+    term = Terminal()
+    with Progress(BudgetClock(30.0, now=fake_clock), stream=term, interval=0.05) as view:
+        fake_clock.advance(3.0)
+        view.phase("calibration")
+        fake_clock.advance(1.5)  # a long calibration: no call into the view
+        deadline = time.monotonic() + 10.0  # polls for the thread's frame; only a hung thread takes this long
+        while "4.5/30s" not in term.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert Frame.parse(term.frames()[-1]).elapsed == 4.5
 
 
 def test_an_error_clears_the_bar(fake_clock: FakeClock) -> None:

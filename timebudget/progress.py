@@ -7,12 +7,16 @@ refresh starts a non-blocking copy of the latest batch's mean loss and the next 
 delivered it by then (on the CPU it always has), so the loss shown is about one refresh old and nothing is ever
 synchronised for it. Updates are driven by time, not by the step log, so short epochs and long ones move alike.
 
+Where no step runs for a while (start-up, calibration, an evaluation, the tail), a background thread redraws the
+line once a refresh is overdue; it never touches the device, so the loss it shows is the last one read.
+
 Silent with ``--quiet`` and when the stream is not a terminal (a log file, a pipe, a CI job).
 """
 from __future__ import annotations
 
 import math
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
@@ -53,7 +57,8 @@ class Progress:
     cleared when an error leaves (so the error line stands alone).
     """
 
-    def __init__(self, clock: Clock, quiet: bool = False, stream: TextIO | None = None, interval: float = 0.5) -> None:
+    def __init__(self, clock: Clock, quiet: bool = False, stream: TextIO | None = None, interval: float = 0.5,
+                 background: bool = True) -> None:
         self.clock, self.now, self.interval = clock, clock.now, interval
         stream = sys.stdout if stream is None else stream
         self.status: Callable[[], Status] = Status
@@ -64,6 +69,8 @@ class Progress:
         self._last: tuple[float, int] | None = None  # (time, samples) at the previous refresh, for samples/s
         self.next_refresh = math.inf
         self.bar: Any = None
+        self._lock = threading.Lock()  # the loop's refreshes and the background thread's draw one at a time
+        self._closed = threading.Event()
         if quiet or not _is_terminal(stream):
             return
         from tqdm import tqdm
@@ -73,6 +80,8 @@ class Progress:
         self.bar = tqdm(total=round(clock.budget_s, 1), initial=round(elapsed, 1), file=stream, dynamic_ncols=True,
                         leave=True, desc=desc, bar_format=bar_format)  # tqdm draws this first frame
         self.next_refresh = self.now() + interval
+        if background:
+            threading.Thread(target=self._watch, name="timebudget-progress", daemon=True).start()
 
     def __enter__(self) -> Progress:
         return self
@@ -96,20 +105,33 @@ class Progress:
             self.refresh(losses)
 
     def refresh(self, losses: torch.Tensor | None = None) -> None:
-        """Redraw now, and start the copy of ``losses``' mean that the next refresh shows."""
+        """Redraw now, and start the copy of ``losses``' mean that the next refresh shows (the loop's thread)."""
         if self.bar is None:
             return
-        t = self.now()
-        self.next_refresh = t + self.interval
         self._take_loss(losses)
-        status = self.status()
-        if self.phase_name == "training":
+        if self.phase_name == "training":  # samples/s between the loop's refreshes (pauses included)
+            t, samples = self.now(), self.status().samples
             if self._last is not None and t > self._last[0]:
-                self.rate = (status.samples - self._last[1]) / (t - self._last[0])
-            self._last = (t, status.samples)
+                self.rate = (samples - self._last[1]) / (t - self._last[0])
+            self._last = (t, samples)
+        self._draw()
+
+    def _watch(self) -> None:
+        """The background thread: redraw when no refresh came in time (nothing ticks outside training steps)."""
+        while not self._closed.wait(self.interval / 2):
+            if self.now() >= self.next_refresh:
+                self._draw()
+
+    def _draw(self) -> None:
+        with self._lock:
+            if self.bar is not None:
+                self._draw_frame()
+
+    def _draw_frame(self) -> None:
+        self.next_refresh = self.now() + self.interval
         elapsed = self._elapsed()
         self.bar.n = round(elapsed, 1)
-        self.bar.desc, self.bar.bar_format = self._text(elapsed, status)
+        self.bar.desc, self.bar.bar_format = self._text(elapsed, self.status())
         self.bar.refresh()
 
     def _elapsed(self) -> float:
@@ -145,14 +167,16 @@ class Progress:
 
     def close(self, keep: bool = True) -> None:
         """Draw the last state and close the bar (left on screen if ``keep``, cleared otherwise)."""
-        if self.bar is None:
-            return
-        if keep:
-            self.refresh()
-        self.bar.leave = keep
-        self.bar.close()
-        self.bar = None
-        self.next_refresh = math.inf
+        self._closed.set()
+        with self._lock:
+            if self.bar is None:
+                return
+            if keep:
+                self._draw_frame()
+            self.bar.leave = keep
+            self.bar.close()
+            self.bar = None
+            self.next_refresh = math.inf
 
 
 def _is_terminal(stream: TextIO) -> bool:
