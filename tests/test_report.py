@@ -156,3 +156,18 @@ def test_train_report_draws_after_training(runs: dict[str, Path], tmp_path: Path
     assert cli.main(["train", "--seconds", "60", "--report"]) == 0
     assert seen[0].report and (run / "report.png").is_file()
     assert capsys.readouterr().out.splitlines()[-1] == f"timebudget report: {run / 'report.png'}"
+
+
+def test_load_changes_sit_at_the_step_time_they_imply(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "loaded"
+    shutil.copytree(runs["full"], run)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "load", "step": 9, "time": 3.0, "step_slowdown": 2.5, "tail_scale": 1.5,
+                             "retimed": True, "reserve_s": 0.4}) + "\n")
+    step_ax = report.figure([report.load(run)]).axes[3]
+    calibrated = json.loads((run / "summary.json").read_text())["calibration"]["step_s"][-1]
+    (marks,) = [line for line in step_ax.get_lines() if line.get_label().startswith("load change")]
+    loads = _records(run, "load")  # the run's own (the machine's load changed) and the one added
+    assert list(marks.get_xdata()) == [r["time"] for r in loads]
+    assert list(marks.get_ydata()) == pytest.approx([r["step_slowdown"] * calibrated for r in loads])
+    assert (marks.get_xdata()[-1], marks.get_ydata()[-1]) == (3.0, pytest.approx(2.5 * calibrated))

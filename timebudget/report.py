@@ -137,6 +137,7 @@ def figure(runs: list[RunRecords]) -> Any:
         for ax in axes:
             _shade_phases(ax, run, alpha=0.12 / len(runs), colour=colour, label=i == 0 and ax is axes[0])
     axes[-1].set_xlabel("seconds since the run started (wall clock)")
+    axes[-1].set_xlim(left=0)
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
@@ -170,10 +171,12 @@ def _draw_run(axes: Any, run: RunRecords, colour: str, single: bool) -> None:
     if calibrated:
         step_ax.axhline(calibrated[-1], color=colour, linestyle=":", linewidth=1,
                         label=_prefix(label) + "calibration step")
-    for load in run.of("load"):
-        step_ax.axvline(load["time"], color=colour, linestyle=":", linewidth=1)
-        step_ax.annotate(f"load x{load.get('step_slowdown', float('nan')):.1f}", (load["time"], 1), color=colour,
-                         xycoords=("data", "axes fraction"), fontsize=7, rotation=90, va="top", ha="right")
+    loads = run.of("load")
+    for load in loads:
+        step_ax.axvline(load["time"], color=colour, linestyle=":", linewidth=0.8, alpha=0.5)
+    if loads and calibrated:  # each load change at the step time it implies: calibration step x the slowdown
+        step_ax.plot([r["time"] for r in loads], [calibrated[-1] * r["step_slowdown"] for r in loads], "v",
+                     color=colour, markersize=6, label=_prefix(label) + "load change (calibration step x slowdown)")
     _draw_tests(test_ax, run, colour, label)
 
 
