@@ -36,7 +36,8 @@ _FLAG_KEYS = {
     "warmup": "warmup",
     "keep_fraction": "keep_fraction",
 }
-_SWITCHES = ("quiet", "filter_noisy", "explain", "report", "tensorboard")  # store_true flags that set the config field of the same name
+# store_true flags that set the config field of the same name
+_SWITCHES = ("quiet", "filter_noisy", "explain", "report", "tensorboard")
 
 
 class _Parser(argparse.ArgumentParser):
