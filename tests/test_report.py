@@ -110,7 +110,7 @@ def test_unfinished_run_is_drawn_from_what_is_there(runs: dict[str, Path], tmp_p
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"timebudget report: {run / 'report.png'}" and (run / "report.png").is_file()
     assert any("no summary.json" in line and "did not finish" in line for line in out)
-    assert any("1 unreadable lines of metrics.jsonl" in line for line in out)
+    assert any("1 lines of metrics.jsonl unreadable" in line for line in out)
     loaded = report.load(run)
     fig = report.figure([loaded])
     assert "did not finish" in fig.get_suptitle()

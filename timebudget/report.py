@@ -87,7 +87,7 @@ def load(run_dir: str | Path) -> RunRecords:
             records.append(record)
         else:
             unreadable += 1
-    notes = [f"{unreadable} unreadable lines of metrics.jsonl skipped"] if unreadable else []
+    notes = [f"{unreadable} lines of metrics.jsonl unreadable or without a time, skipped"] if unreadable else []
     summary = _read(summary_path, json.loads, notes)
     if not summary_path.is_file():
         notes.append("no summary.json: the run did not finish (interrupted or failed); no final evaluation, no tail")
@@ -171,7 +171,7 @@ def _draw_run(axes: Any, run: RunRecords, colour: str, single: bool) -> None:
     if calibrated:
         step_ax.axhline(calibrated[-1], color=colour, linestyle=":", linewidth=1,
                         label=_prefix(label) + "calibration step")
-    loads = run.of("load")
+    loads = [r for r in run.of("load") if isinstance(r.get("step_slowdown"), (int, float))]
     for load in loads:
         step_ax.axvline(load["time"], color=colour, linestyle=":", linewidth=0.8, alpha=0.5)
     if loads and calibrated:  # each load change at the step time it implies: calibration step x the slowdown
