@@ -164,7 +164,7 @@ def test_updates_within_an_epoch_longer_than_log_every_steps(timed_run: Callable
     an epoch, with the loss, samples/s and lr falling as the budget runs out."""
     training = _training(timed_run(factor=5.0, log_every=10))
     first_epoch = [f for f in training if f.field(r"epoch (\d+)") == "0"]
-    assert len(first_epoch) >= 5 and len({f.elapsed for f in first_epoch}) == len(first_epoch)
+    assert len({f.elapsed for f in first_epoch}) >= 5
     assert any(f.field(r"loss ([\d.e+-]+)") for f in first_epoch)
     lrs = [float(f.field(r"lr ([\d.e+-]+)") or "nan") for f in training]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]
@@ -177,6 +177,7 @@ def test_updates_across_epochs_shorter_than_log_every_steps(timed_run: Callable[
     training = _training(timed_run(factor=1.0, log_every=1000, strategy="random", keep_fraction=0.1))
     epochs = [int(f.field(r"epoch (\d+)") or -1) for f in training]
     assert epochs == sorted(epochs) and len(set(epochs)) >= 8
-    assert all(5 <= int(f.field(r"kept (\d+)%") or 0) <= 15 for f in training[1:])  # a tenth, in whole batches
-    assert sum(bool(f.field(r"loss ([\d.e+-]+)")) for f in training) >= len(training) - 2
+    later = [f for f in training if f.elapsed >= training[0].elapsed + 1.5]  # a loss has arrived by then
+    assert len(later) >= 5 and all(f.field(r"loss ([\d.e+-]+)") for f in later)
+    assert all(5 <= int(f.field(r"kept (\d+)%") or 0) <= 15 for f in later)  # a tenth, in whole batches
 

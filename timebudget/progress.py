@@ -67,7 +67,7 @@ class Progress:
         self.rate: float | None = None
         self._pending: HostCopy | None = None  # the latest loss on its way to the host
         self._last: tuple[float, int] | None = None  # (time, samples) at the previous refresh, for samples/s
-        self.next_refresh = math.inf
+        self.next_refresh = self.next_draw = math.inf  # the loop's next refresh; the next frame due
         self.bar: Any = None
         self._lock = threading.Lock()  # the loop's refreshes and the background thread's draw one at a time
         self._closed = threading.Event()
@@ -79,7 +79,7 @@ class Progress:
         desc, bar_format = self._text(elapsed, Status())
         self.bar = tqdm(total=round(clock.budget_s, 1), initial=round(elapsed, 1), file=stream, dynamic_ncols=True,
                         leave=True, desc=desc, bar_format=bar_format)  # tqdm draws this first frame
-        self.next_refresh = self.now() + interval
+        self.next_refresh = self.next_draw = self.now() + interval
         if background:
             threading.Thread(target=self._watch, name="timebudget-progress", daemon=True).start()
 
@@ -108,6 +108,7 @@ class Progress:
         """Redraw now, and start the copy of ``losses``' mean that the next refresh shows (the loop's thread)."""
         if self.bar is None:
             return
+        self.next_refresh = self.now() + self.interval
         self._take_loss(losses)
         if self.phase_name == "training":  # samples/s between the loop's refreshes (pauses included)
             t, samples = self.now(), self.status().samples
@@ -117,9 +118,10 @@ class Progress:
         self._draw()
 
     def _watch(self) -> None:
-        """The background thread: redraw when no refresh came in time (nothing ticks outside training steps)."""
-        while not self._closed.wait(self.interval / 2):
-            if self.now() >= self.next_refresh:
+        """The background thread: redraw when no frame came in time (nothing ticks outside training steps). It
+        only draws: the loop's own refreshes, on their own schedule, read the loss and measure samples/s."""
+        while not self._closed.wait(self.interval / 4):
+            if self.now() >= self.next_draw:
                 self._draw()
 
     def _draw(self) -> None:
@@ -128,7 +130,7 @@ class Progress:
                 self._draw_frame()
 
     def _draw_frame(self) -> None:
-        self.next_refresh = self.now() + self.interval
+        self.next_draw = self.now() + self.interval
         elapsed = self._elapsed()
         self.bar.n = round(elapsed, 1)
         self.bar.desc, self.bar.bar_format = self._text(elapsed, self.status())
@@ -176,7 +178,7 @@ class Progress:
             self.bar.leave = keep
             self.bar.close()
             self.bar = None
-            self.next_refresh = math.inf
+            self.next_refresh = self.next_draw = math.inf
 
 
 def _is_terminal(stream: TextIO) -> bool:
