@@ -167,7 +167,7 @@ def _train(args: argparse.Namespace) -> int:
         from . import explain
 
         explain.run(result.out_dir, explain.Options(device=config.device, quiet=config.quiet))
-    if config.report:  # after the deadline, like --explain
+    if config.report and result.is_writer:  # after the deadline, like --explain
         from . import report
 
         report.write([result.out_dir], quiet=config.quiet)
