@@ -69,3 +69,26 @@ def test_artifacts_get_the_mode_of_a_plain_file(tmp_path: Path) -> None:
     artifacts.save_torch(tmp_path / "checkpoint.pt", {"steps": 1})
     expected = plain.stat().st_mode
     assert [(tmp_path / name).stat().st_mode for name in ("config.yaml", "checkpoint.pt")] == [expected, expected]
+
+
+def test_metrics_log_hands_its_batches_to_the_sinks(tmp_path: Path) -> None:
+    """A sink (TensorBoard) gets the records when the log writes its file, never per record, and is closed with it."""
+    batches: list[list[dict[str, int]]] = []
+    closed: list[bool] = []
+
+    class Sink:
+        def write(self, records: list[dict[str, int]]) -> None:
+            batches.append(list(records))
+
+        def close(self) -> None:
+            closed.append(True)
+
+    log = artifacts.MetricsLog(tmp_path / "metrics.jsonl", buffer_lines=2, sinks=[Sink()])
+    log.write({"step": 1})
+    assert batches == []
+    log.write({"step": 2})
+    log.write({"step": 3})
+    assert batches == [[{"step": 1}, {"step": 2}]]
+    log.close()
+    assert batches == [[{"step": 1}, {"step": 2}], [{"step": 3}]] and closed == [True]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,16 @@ def test_full_precision_switches_tf32_off_and_restores_it() -> None:
     finally:
         for (obj, name), value in zip(switches, saved):
             setattr(obj, name, value)
+
+
+def test_full_precision_on_torch_before_fp32_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch < 2.9 has only ``allow_tf32``: stand-ins for its two switch holders are switched off and restored."""
+    matmul, cudnn = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    with explain.full_precision():
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
 
 
 # --- run folders ---------------------------------------------------------------------------------------------------

@@ -99,6 +99,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class HostCopy:
+    """A value on its way to the host without a wait: on CUDA the copy is queued behind the kernels that compute it
+    (into pinned memory) and an event tells when it has arrived; on the CPU it is there at once."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value.to("cpu", non_blocking=True)
+        self.arrived = torch.cuda.Event() if value.is_cuda else None
+        if self.arrived is not None:
+            self.arrived.record()
+
+    def ready(self) -> bool:
+        """Whether :meth:`get` would return without waiting."""
+        return self.arrived is None or self.arrived.query()
+
+    def get(self) -> float:
+        """The value; waits for the copy if it has not arrived (call :meth:`ready` first to never wait)."""
+        if self.arrived is not None:
+            self.arrived.synchronize()
+        return float(self.value)
+
+
 class CudaTimeline:
     """Step ends on the CUDA stream, on the host clock's scale, for :class:`timebudget.clock.BudgetClock`.
 

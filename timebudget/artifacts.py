@@ -6,8 +6,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -49,21 +50,34 @@ def save_torch(path: str | Path, obj: Any) -> None:
     write_bytes(path, serialize(obj))
 
 
+class Sink(Protocol):
+    """Somewhere else the records of ``metrics.jsonl`` go (TensorBoard), in the batches the log writes."""
+
+    def write(self, records: list[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class MetricsLog:
     """``metrics.jsonl``: records are buffered and appended in batches (no per-step file I/O in the loop).
 
     Appending whole lines keeps earlier lines intact if a run dies; :meth:`flush` is called at epoch ends and at the
-    close of the run.
+    close of the run. Each flush hands the same batch of records to the ``sinks``, so they cost what the log costs
+    and when it costs it, never per step.
     """
 
-    def __init__(self, path: str | Path, buffer_lines: int = 64) -> None:
+    def __init__(self, path: str | Path, buffer_lines: int = 64, sinks: Sequence[Sink] = ()) -> None:
         self.path = Path(path)
         self.buffer: list[str] = []
+        self.records: list[dict[str, Any]] = []  # the buffered records themselves, for the sinks
         self.buffer_lines = buffer_lines
+        self.sinks = list(sinks)
         write_text(self.path, "")
 
     def write(self, record: dict[str, Any]) -> None:
         self.buffer.append(json.dumps(record))
+        if self.sinks:
+            self.records.append(record)
         if len(self.buffer) >= self.buffer_lines:
             self.flush()
 
@@ -72,3 +86,13 @@ class MetricsLog:
             with open(self.path, "a") as fh:
                 fh.write("\n".join(self.buffer) + "\n")
             self.buffer.clear()
+        if self.records:
+            for sink in self.sinks:
+                sink.write(self.records)
+            self.records = []
+
+    def close(self) -> None:
+        """Flush, and close the sinks."""
+        self.flush()
+        for sink in self.sinks:
+            sink.close()

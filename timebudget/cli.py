@@ -36,7 +36,8 @@ _FLAG_KEYS = {
     "warmup": "warmup",
     "keep_fraction": "keep_fraction",
 }
-_SWITCHES = ("quiet", "filter_noisy", "explain")  # store_true flags that set the config field of the same name
+# store_true flags that set the config field of the same name
+_SWITCHES = ("quiet", "filter_noisy", "explain", "report", "tensorboard")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar and no closing line")
     t.add_argument("--explain", action="store_true", help="after the deadline, run `timebudget explain` on the run "
                    "folder with its defaults; this runs outside the budget (same as --set explain=true)")
+    t.add_argument("--report", action="store_true", help="after the deadline, draw RUN_DIR/report.png (`timebudget "
+                   "report`); outside the budget (same as --set report=true)")
+    t.add_argument("--tensorboard", action="store_true", help="also write metrics.jsonl's scalars for TensorBoard to "
+                   "RUN_DIR/tensorboard/, inside the budget (needs pip install -e \".[tensorboard]\")")
     _add_explain_parser(sub)
+    _add_report_parser(sub)
     from .federated import launcher  # no flwr import: the command is listed, and refused in one line without it
 
     launcher.add_parser(sub)
@@ -116,6 +122,20 @@ def _add_explain_parser(sub: Any) -> None:
     e.add_argument("--tracin", action="store_true", help="also TracInCPFast self-influence from the run's checkpoints "
                    "and its rank correlation with the loss scores")
     e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
+
+
+def _add_report_parser(sub: Any) -> None:
+    r = sub.add_parser(
+        "report",
+        help="plots of a run (or several compared): lr, loss, kept fraction, step time, test metrics, phases",
+        description="One PNG of how a run spent its budget, against wall-clock seconds: learning rate, training loss, "
+        "kept fraction per epoch, step time with load events, periodic and final test metrics, with the phases "
+        "(start-up, calibration, training, tail) shaded and the deadline marked. Several RUN_DIRs are drawn on the "
+        "same axes, labelled by strategy and seed. An unfinished run is drawn from what it left.",
+    )
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by timebudget train")
+    r.add_argument("--out", metavar="PNG", help="output image (default RUN_DIR/report.png; for several runs, "
+                   "report.png in the current folder)")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -152,6 +172,10 @@ def _train(args: argparse.Namespace) -> int:
         from . import explain
 
         explain.run(result.out_dir, explain.Options(device=config.device, quiet=config.quiet))
+    if config.report and result.is_writer:  # after the deadline, like --explain
+        from . import report
+
+        report.write([result.out_dir], quiet=config.quiet)
     return 0
 
 
@@ -165,15 +189,23 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federated(args: argparse.Namespace) -> int:
+    from .federated import launcher
+
+    return launcher.main(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+
+    report.write(args.run_dirs, args.out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "federated":
-            from .federated import launcher
-
-            code = launcher.main(args)
-        else:
-            code = _explain(args) if args.command == "explain" else _train(args)
+        code = {"explain": _explain, "report": _report, "federated": _federated}.get(args.command, _train)(args)
     except BudgetTooSmall as exc:
         print(f"timebudget: error: {exc}", file=sys.stderr)
         code = EXIT_BUDGET_TOO_SMALL

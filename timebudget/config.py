@@ -72,6 +72,8 @@ class Config:
     data_path: str = "auto"
     save_checkpoints: int = 0
     explain: bool = False
+    report: bool = False
+    tensorboard: bool = False
 
     def validate(self) -> "Config":
         """Check every value that can be checked without data; raise one clear error for the first bad one."""

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,8 +132,8 @@ class World:
         """Rank 0's run folder."""
         return path
 
-    def metrics_log(self, path: Path) -> artifacts.MetricsLog | "_NoLog":
-        return artifacts.MetricsLog(path) if self.is_writer else _NoLog()
+    def metrics_log(self, path: Path, sinks: Sequence[artifacts.Sink] = ()) -> artifacts.MetricsLog | "_NoLog":
+        return artifacts.MetricsLog(path, sinks=sinks) if self.is_writer else _NoLog()
 
     def summary(self, steps: int, samples: int, train_s: float) -> dict[str, Any]:
         """The world's part of ``summary.json``: size, backend and each rank's steps, samples and training seconds."""

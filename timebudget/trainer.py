@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import math
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from torch import nn
 
 from . import accel, artifacts, augment, config as config_module, data, distributed, models, sampler, schedules, \
     startup, strategies
+from . import progress, tensorboard_sink
 from .averaging import EMA
 from .batches import Batches
 from .clock import BudgetClock
@@ -166,26 +166,6 @@ def default_out_dir(config: Config) -> Path:
     return Path("runs") / f"{stamp}-{name}-{config.strategy}"
 
 
-class _Progress:
-    """A tqdm bar of the budget's seconds, showing lr and loss; silent with --quiet or when stdout is no terminal."""
-
-    def __init__(self, total_s: float, quiet: bool) -> None:
-        self.bar = None
-        if not quiet and sys.stdout.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=round(total_s, 1), unit="s", bar_format="{l_bar}{bar}| {n:.1f}/{total}s {postfix}")
-
-    def update(self, elapsed: float, **fields: Any) -> None:
-        if self.bar is not None:
-            self.bar.n = round(min(elapsed, self.bar.total), 1)
-            self.bar.set_postfix(fields, refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def train(
     config: Config,
     start: float | None = None,
@@ -209,11 +189,14 @@ def train(
                                   "folder")
         if not world.is_writer:
             config = dataclasses.replace(config, quiet=True)
-        run = _Run(config, clock, world, hooks or RunHooks())
-        run.calibrate()
-        run.open_folder()
-        run.loop()
-        result = run.finish()
+        with progress.Progress(clock, config.quiet) as view:
+            run = _Run(config, clock, world, hooks or RunHooks())
+            view.phase("calibration")
+            run.calibrate()
+            run.open_folder()
+            run.loop(view)
+            view.phase("tail")
+            result = run.finish()
     world.close()
     return result
 
@@ -227,6 +210,8 @@ class _Run:
     def __init__(self, config: Config, clock: BudgetClock, world: distributed.World, hooks: RunHooks) -> None:
         self.clock, self.now, self.world = clock, clock.now, world
         self.startup = startup.Startup(clock.start, clock.now)
+        if config.tensorboard:
+            tensorboard_sink.check_available()
         torch.manual_seed(config.seed)
         self.device = device = world.place(accel.resolve_device(config.device))
         accel.check_precision(config.precision, device)
@@ -270,7 +255,7 @@ class _Run:
         schedule = hooks.schedule or schedules.build(config.schedule, config.warmup, config.step_milestones)
         self.schedule = schedules.TimeSchedule(self.optimizer, config.lr, schedule)
         self.averaged: EMA | None = None
-        self.pending_step: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
+        self.pending_step: tuple[dict[str, Any], accel.HostCopy] | None = None
         clock.timeline = accel.timeline(device, clock.now)
         self.drop_partial = config.compile or device.type == "cuda"  # one batch shape: no recompiles, no re-tuning
         self.steps = self.epochs = self.samples = 0
@@ -292,6 +277,11 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return losses.detach()
+
+    def status(self) -> progress.Status:
+        """What the live view shows, read at its refreshes only."""
+        kept = self.kept_log[-1]["kept_fraction"] if self.kept_log else None
+        return progress.Status(lr=self.schedule.lr, samples=self.samples, epoch=self.epochs, kept_fraction=kept)
 
     def final_model(self) -> nn.Module:
         """What is evaluated and saved: the weight average once it has started, else the trained model."""
@@ -329,6 +319,7 @@ class _Run:
     # --- calibration: measure a step, the evaluation and the checkpoint before committing to the budget --------
     def calibrate(self) -> None:
         config, clock, now = self.config, self.clock, self.now
+        self.phase_starts = {"start-up": 0.0, "calibration": clock.elapsed()}
         first = sampler.batches(torch.randperm(self.n, generator=torch.Generator().manual_seed(config.seed)),
                                 self.rank_batch)
         ((px, py, _),) = self.train_batches.iterate(first[:1])
@@ -389,19 +380,25 @@ class _Run:
             artifacts.write_text(self.out_dir / "config.yaml", config_module.dump(config))
             if config.save_checkpoints:
                 self.checkpoint_dir.mkdir(exist_ok=True)
-        self.log = self.world.metrics_log(self.out_dir / "metrics.jsonl")
+        sinks: list[artifacts.Sink] = []
+        if config.tensorboard and self.world.is_writer:
+            sinks.append(tensorboard_sink.TensorBoardSink(self.out_dir / "tensorboard", self.clock.elapsed()))
+        self.log = self.world.metrics_log(self.out_dir / "metrics.jsonl", sinks)
         self.startup.mark("folder")
 
     # --- the loop ----------------------------------------------------------------------------------------------
-    def loop(self) -> None:
+    def loop(self, view: progress.Progress) -> None:
         config, clock, now, device = self.config, self.clock, self.now, self.device
-        bar = _Progress(config.seconds, config.quiet)
         checkpoint_every = 1.0 / (config.save_checkpoints + 1)
         next_checkpoint = checkpoint_every if config.save_checkpoints else math.inf
         average_from = config.average_from if config.average_from is not None else math.inf
         next_eval = config.eval_every or math.inf
         self.model.train()
         clock.start_training()
+        view.phase("training", self.status)
+        self.phase_starts["training"] = clock.training_started - clock.start
+        self.log.write({"event": "training", "time": round(clock.elapsed(), 4), "budget_s": config.seconds,
+                        "phase_starts": dict(self.phase_starts), "window_end_s": clock.window_end - clock.start})
         stop = self.world.agree_stop(clock.should_stop())
         while not stop:
             order, chunks, weights = self.plan_epoch()
@@ -421,10 +418,9 @@ class _Run:
                     else:
                         self.averaged.update()
                 if self.steps % config.log_every == 0:
-                    loss_value = self.log_step(lr, torch.cat(epoch_losses[logged:]))
+                    self.log_step(lr, torch.cat(epoch_losses[logged:]))
                     logged = len(epoch_losses)
-                    if loss_value is not None:
-                        bar.update(clock.elapsed(), lr=f"{lr:.4f}", loss=f"{loss_value:.4f}")
+                view.tick(losses)
                 local_stop = clock.step_done()
                 if not local_stop:
                     if self.tail_probe.load_changed(slowdown := clock.slowdown()):
@@ -452,7 +448,6 @@ class _Run:
             self.log.flush()
             stop = self.world.agree_stop(stop or clock.should_stop())
         clock.stop_training()
-        bar.close()
         self.log.flush()
 
     def plan_epoch(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
@@ -489,32 +484,23 @@ class _Run:
         self.log.write(record)
         return order, chunks, weights
 
-    def log_step(self, lr: float, losses: torch.Tensor) -> float | None:
+    def log_step(self, lr: float, losses: torch.Tensor) -> None:
         """Make a step record with the mean of ``losses`` (the steps since the last record). Its loss is copied to
         the host without waiting and read at the next record, long arrived by then, which is when the record is
-        written; returns that earlier record's loss (for the progress bar), ``None`` at the first."""
-        mean = losses.mean()
-        value = mean.to("cpu", non_blocking=True)
-        arrived = torch.cuda.Event() if mean.is_cuda else None
-        if arrived is not None:
-            arrived.record()
-        previous = self.write_step_log()
+        written."""
+        loss = accel.HostCopy(losses.mean())
+        self.write_step_log()
         self.pending_step = ({"event": "step", "step": self.steps, "epoch": self.epochs,
-                              "time": round(self.clock.elapsed(), 4), "lr": lr, "samples": self.samples},
-                             value, arrived)
-        return previous
+                              "time": round(self.clock.elapsed(), 4), "lr": lr, "samples": self.samples}, loss)
 
-    def write_step_log(self) -> float | None:
-        """Write the step record waiting for its loss, if any; return that loss."""
+    def write_step_log(self) -> None:
+        """Write the step record waiting for its loss, if any."""
         if self.pending_step is None:
-            return None
-        record, value, arrived = self.pending_step
-        if arrived is not None:
-            arrived.synchronize()
+            return
+        record, loss = self.pending_step
         self.pending_step = None
-        record["loss"] = float(value)
+        record["loss"] = loss.get()
         self.log.write(record)
-        return record["loss"]
 
     @torch.no_grad()
     def refresh(self, index: torch.Tensor, room: float) -> None:
@@ -572,7 +558,10 @@ class _Run:
         if not self.world.is_writer:  # under torchrun: the tail is rank 0's
             return TrainResult(self.out_dir, {"steps": self.steps, **world}, self.final_model(), config, False)
         tail_start = self.now()
+        self.phase_starts["tail"] = tail_start - clock.start
         metrics = self.test_metrics()
+        self.log.write({"event": "final", "step": self.steps, "time": round(clock.elapsed(), 4), **metrics})
+        self.log.close()
         artifacts.save_torch(self.out_dir / "checkpoint.pt", self.checkpoint())
         artifacts.save_torch(self.out_dir / "scores.pt", self.scores.state_dict())
         summary = {
@@ -602,6 +591,8 @@ class _Run:
             "final_lr": self.schedule.lr,
             "startup_s": clock.training_started - clock.start,
             "startup": self.startup.summary(clock.training_started, self.step_times),
+            "phase_starts": self.phase_starts,
+            "window_end_s": clock.window_end - clock.start,
             "calibration": {"step_s": self.step_times, "eval_s": self.eval_s, "save_s": self.save_s},
             "tail_reserved_s": clock.reserve_s,
             "weights_averaged": self.averaged is not None,
