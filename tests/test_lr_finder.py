@@ -18,13 +18,15 @@ from timebudget.trainer import train
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "batch", "expected"),
-    [("sgd", 64, 0.05), ("sgd", 128, 0.1), ("sgd", 256, 0.2), ("sgd", 512, 0.2), ("sgd", 100_000, 0.2),
-     ("adamw", 64, 2e-3), ("adamw", 100_000, 2e-3)],
+    ("optimizer", "batch", "task", "expected"),
+    [("sgd", 64, "classification", 0.05), ("sgd", 128, "classification", 0.1), ("sgd", 256, "regression", 0.2),
+     ("sgd", 512, "classification", 0.2), ("sgd", 100_000, "classification", 0.2),
+     ("adamw", 64, "classification", 2e-3), ("adamw", 100_000, "classification", 2e-3), ("adamw", 64, "regression", 1e-3)],
 )
-def test_linear_scaling_is_capped_at_twice_the_reference_batch(optimizer: str, batch: int, expected: float) -> None:
+def test_linear_scaling_is_capped_at_twice_the_reference_batch(optimizer: str, batch: int, task: str,
+                                                               expected: float) -> None:
     """Linear below and up to 2x the reference batch of 128, flat above: a batch of 100,000 no longer asks for 78."""
-    assert lr_finder.rule_lr(optimizer, batch) == pytest.approx(expected)
+    assert lr_finder.rule_lr(optimizer, batch, task) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("batch", "n", "expected"), [(64, 1437, 64), (1437, 1437, 1437), (100_000, 1437, 1437)])

@@ -3,7 +3,7 @@
 The rule (:func:`rule_lr`) is a careful hand-written loop's choice: SGD (Nesterov, momentum 0.9) at 0.1 for a batch of
 128, scaled linearly with the batch size (Goyal et al. 2017) but capped at 2x, since on small data sets a large batch
 is most of an epoch and the linear rule's premise (many steps, each a small part of it) fails: uncapped, a batch of
-100,000 on 1,437 digits asked for lr 78. AdamW at 0.002, whatever the batch.
+100,000 on 1,437 digits asked for lr 78. AdamW at 0.002 (0.001 for regression), whatever the batch.
 
 The guard (:func:`range_test`) is a learning-rate range test in the manner of fastai's ``lr_find`` (Smith 2017): from
 the model's initial weights, a few steps at geometrically rising learning rates, on fresh batches, until the smoothed
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 SGD_LR, SGD_BATCH, SCALE_CAP = 0.1, 128, 2.0
-ADAMW_LR = 2e-3
+ADAMW_LR = {"classification": 2e-3, "regression": 1e-3}
 TEST_STEPS = 30  # three decades at ten steps each
 SPAN = (1e-2, 10.0)  # the test's learning rates, as multiples of the rule's
 BLOW_UP = 4.0  # the smoothed loss this many times its minimum (or not finite) ends the test
@@ -38,11 +38,11 @@ def clamp_batch(batch_size: int, n_train: int) -> int:
     return max(1, min(batch_size, n_train))
 
 
-def rule_lr(optimizer: str, batch_size: int) -> float:
-    """The default peak learning rate for this optimizer and batch size (see the module docstring)."""
+def rule_lr(optimizer: str, batch_size: int, task: str = "classification") -> float:
+    """The default peak learning rate for this optimizer, batch size and task (see the module docstring)."""
     if optimizer == "sgd":
         return SGD_LR * min(batch_size / SGD_BATCH, SCALE_CAP)
-    return ADAMW_LR
+    return ADAMW_LR[task]
 
 
 def affordable(step_s: float, window_s: float, steps: int = TEST_STEPS, share: float = SHARE) -> bool:

@@ -60,7 +60,7 @@ def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
     n = len(bundle.train)
     optimizer = config.optimizer or ("sgd" if bundle.kind == "image" else "adamw")
     batch_size = lr_finder.clamp_batch(config.batch_size or (64 if n < 5000 else 128), n)
-    weight_decay = 5e-4 if optimizer == "sgd" else 0.05
+    weight_decay = 5e-4 if optimizer == "sgd" else 0.05 if bundle.task == "classification" else 0.01
     eval_every = config.eval_every
     if eval_every is None:
         eval_every = 0.0 if config.seconds < 300 else config.seconds / 10
@@ -71,12 +71,12 @@ def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
         config,
         optimizer=optimizer,
         batch_size=batch_size,
-        lr=config.lr or lr_finder.rule_lr(optimizer, batch_size),
+        lr=config.lr or lr_finder.rule_lr(optimizer, batch_size, bundle.task),
         weight_decay=weight_decay if config.weight_decay is None else config.weight_decay,
         augment=bundle.augment if config.augment is None else config.augment,
         eval_every=eval_every,
         loss=loss,
-        model=config.model or ("cnn" if bundle.kind == "image" else "mlp"),
+        model=config.model or models.default(bundle.kind, bundle.task),
     )
 
 
