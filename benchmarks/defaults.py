@@ -57,15 +57,15 @@ sys.path.insert(0, str(ROOT))
 
 # set -> budgets in seconds (start-up included), chosen for about 1 to 30 passes over the training set on a 2-core CPU
 BUDGETS: dict[str, list[float]] = {
-    "digits": [6.0, 12.0, 24.0],
-    "digits16": [10.0, 18.0, 32.0],
-    "digits28": [10.0, 18.0, 32.0],
-    "cifar-digits": [10.0, 18.0, 32.0],
+    "digits": [5.0, 10.0, 20.0],
+    "digits16": [8.0, 16.0, 32.0],
+    "digits28": [8.0, 16.0, 32.0],
+    "cifar-digits": [8.0, 16.0, 32.0],
     "classification": [6.0, 12.0, 24.0],
     "regression": [6.0, 12.0, 24.0],
     "diabetes": [5.0, 10.0, 20.0],
 }
-QUICK: dict[str, list[float]] = {"digits16": [10.0], "classification": [6.0], "diabetes": [5.0]}
+QUICK: dict[str, list[float]] = {"digits16": [8.0], "classification": [6.0], "diabetes": [5.0]}
 SEEDS = [0, 1, 2]
 TOLERANCE_PT, TOLERANCE_MAE = 0.5, 0.02
 
