@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", choices=list(BUDGETS), help="a subset of the sets")
     parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     parser.add_argument("--results", type=Path, help="also append every run's result to this JSON-lines file")
+    parser.add_argument("--table", type=Path, metavar="RESULTS",
+                        help="only print the table of a --results file (the sets are regenerated for their baselines)")
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "DATA"), help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -266,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             data, args.seconds, args.seed, args.out)
         print(json.dumps(run))
         return 0
+    if args.table:
+        rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+        with tempfile.TemporaryDirectory(prefix="tb-defaults-") as tmp:
+            sets = prepare([n for n in BUDGETS if any(r["set"] == n for r in rows)], Path(tmp))
+        met = table(rows, sets)
+        print(f"\n{len(rows)} cells; goal {'met in every cell' if met else 'NOT met in every cell'}")
+        return 0 if met else 1
     budgets = QUICK if args.quick else BUDGETS
     seeds = [0] if args.quick else args.seeds
     names = [n for n in budgets if not args.sets or n in args.sets]
