@@ -177,8 +177,9 @@ def run_side(side: str, data: str, seconds: float, seed: int, out: Path) -> dict
     """One run of ``side`` (plain or timebudget) in a fresh interpreter with one thread; its result as a dict."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, __file__, "--child", side, data, "--seconds", str(seconds), "--seed",
-                           str(seed), "--out", str(out)], env=env, capture_output=True, text=True, timeout=seconds + 600)
+    command = [sys.executable, __file__, "--child", side, data, "--seconds", str(seconds), "--seed", str(seed), "--out",
+               str(out)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 600)
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1], "wall_s": wall}
@@ -234,11 +235,11 @@ def table(rows: list[dict[str, Any]], sets: dict[str, dict[str, Any]]) -> bool:
             diffs = [(r["tb"][key] - r["plain"][key]) * scale for r in cell if key in r["tb"] and key in r["plain"]]
             div_tb = sum(diverged(r["tb"], info) for r in cell)
             div_pl = sum(diverged(r["plain"], info) for r in cell)
-            if key == "mae":
-                met = bool(tb) and len(tb) == len(cell) and statistics.mean(tb) <= (1 + TOLERANCE_MAE) * statistics.mean(pl)
-            else:
-                met = bool(tb) and len(tb) == len(cell) and statistics.mean(tb) >= statistics.mean(pl) - TOLERANCE_PT
-            met = met and div_tb == 0
+            met = bool(tb) and len(tb) == len(cell) and div_tb == 0
+            if met and key == "mae":
+                met = statistics.mean(tb) <= (1 + TOLERANCE_MAE) * statistics.mean(pl)
+            elif met:
+                met = statistics.mean(tb) >= statistics.mean(pl) - TOLERANCE_PT
             all_met &= met
             passes = mean_std([r["tb"]["passes"] for r in cell if "passes" in r["tb"]])
             lrs = sorted({f"{r['tb']['lr']:.3g} ({r['tb']['lr_source']})" for r in cell if r["tb"].get("lr")})

@@ -189,7 +189,9 @@ def _clutter(g: torch.Generator, n: int, size: int, distractors: torch.Tensor) -
     return bg * (1 - alpha * fragment) + alpha * fragment * colour
 
 
-def _colour_digits(images: np.ndarray, labels: np.ndarray, n: int, size: int, g: torch.Generator) -> tuple[np.ndarray, ...]:
+def _colour_digits(
+    images: np.ndarray, labels: np.ndarray, n: int, size: int, g: torch.Generator
+) -> tuple[np.ndarray, ...]:
     copies = math.ceil(n / len(images))
     ink = distorted_digits(images, size, copies, g, scale=(0.6, 0.9))
     y = np.repeat(labels, copies)

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", help="sgd (default for images) or adamw (default for tabular)")
     t.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay")
     t.add_argument("--warmup", type=float,
-                   help="warm-up as a fraction of the training window (default: 5%%, or 20 steps if longer, at most 15%%)")
+                   help="warm-up as a fraction of the training window (default: 5%%, or 20 steps if longer, at most "
+                        "15%%)")
     t.add_argument("--keep-fraction", dest="keep_fraction", type=float,
                    help="fixed share of the data a selection strategy keeps per epoch, in (0, 1] "
                    "(default: budget-sized)")

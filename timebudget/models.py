@@ -1,8 +1,9 @@
 """Models: registered names sized from the data, or a user's ``module:function``.
 
 ``cnn`` (default for images) stacks conv-BN-ReLU-max-pool stages, halving the resolution until about 4x4, then a
-hidden layer: small enough for a CPU budget, and it adapts to 8x8 digits as well as 32x32 CIFAR. ``mlp`` (default for tabular
-data) is two hidden layers with BatchNorm. ``resnet18`` is torchvision's, with the 3x3 stride-1 stem used for 32x32
+hidden layer: small enough for a CPU budget, and it adapts to 8x8 digits as well as 32x32 CIFAR. ``mlp`` (default for
+tabular classification) is two hidden layers with BatchNorm, ``mlp-nobn`` (default for tabular regression) the same
+without it. ``resnet18`` is torchvision's, with the 3x3 stride-1 stem used for 32x32
 inputs (no max-pool), as in the CIFAR literature. ``airnet`` is a compact residual net in the spirit of the CIFAR-10
 speed-run codes (a ResNet-9-like stack of conv-pool stages with residual pairs and a scaled linear head), the model of
 ``configs/cifar10-fast.yaml``.
