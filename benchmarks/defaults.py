@@ -75,7 +75,7 @@ SEEDS = [0, 1, 2]
 TOLERANCE_PT, TOLERANCE_MAE = 0.5, 0.02
 
 
-# --- the plain loop (runs in its own subprocess) ------------------------------------------------------------------
+# --- the plain loop (runs in its own process) ----------------------------------------------------------------------
 def plain_arrays(path: str) -> tuple[np.ndarray, ...]:
     """The set's arrays: ``digits`` as timebudget splits it, anything else from its ``.npz``."""
     if path == "digits":
