@@ -236,8 +236,11 @@ def at_chance(result: dict[str, Any], info: dict[str, Any]) -> bool:
 
 
 def diverged(result: dict[str, Any], other: dict[str, Any], info: dict[str, Any]) -> bool:
-    """A non-finite loss, or at chance where the other side, same cell and seed, learned."""
-    return not result.get("finite", False) or (at_chance(result, info) and not at_chance(other, info))
+    """A non-finite loss, or at chance where the other side, same cell and seed, learned. A run that was refused
+    (its budget below the measured minimum) is counted apart, as refused."""
+    if "error" in result:
+        return False
+    return not result["finite"] or (at_chance(result, info) and not at_chance(other, info))
 
 
 # --- the table ----------------------------------------------------------------------------------------------------
@@ -250,8 +253,8 @@ def mean_std(values: list[float]) -> str:
 def table(rows: list[dict[str, Any]], sets: dict[str, dict[str, Any]]) -> bool:
     """Print one line per (set, budget); return whether every cell meets the goal."""
     print("\n| set | budget s | metric | plain loop | timebudget | paired diff | tb passes | tb lr (source) | "
-          "at chance tb/plain | diverged tb/plain | goal |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "at chance tb/plain | diverged tb/plain | refused | goal |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     all_met = True
     for name, info in sets.items():
         for budget in sorted({r["budget"] for r in rows if r["set"] == name}):
@@ -264,7 +267,8 @@ def table(rows: list[dict[str, Any]], sets: dict[str, dict[str, Any]]) -> bool:
             div_tb = sum(diverged(r["tb"], r["plain"], info) for r in cell)
             div_pl = sum(diverged(r["plain"], r["tb"], info) for r in cell)
             chance = f"{sum(at_chance(r['tb'], info) for r in cell)}/{sum(at_chance(r['plain'], info) for r in cell)}"
-            met = bool(tb) and len(tb) == len(cell) and div_tb == 0
+            refused = sum("error" in r["tb"] for r in cell)
+            met = bool(tb) and not refused and div_tb == 0
             if met and key == "mae":
                 met = statistics.mean(tb) <= (1 + TOLERANCE_MAE) * statistics.mean(pl)
             elif met:
@@ -272,9 +276,10 @@ def table(rows: list[dict[str, Any]], sets: dict[str, dict[str, Any]]) -> bool:
             all_met &= met
             passes = mean_std([r["tb"]["passes"] for r in cell if "passes" in r["tb"]])
             lrs = sorted({f"{r['tb']['lr']:.3g} ({r['tb']['lr_source']})" for r in cell if r["tb"].get("lr")})
-            errors = [r["tb"]["error"] for r in cell if "error" in r["tb"]]
+            errors = [r["tb"]["error"].split(": ")[0] + ": " + r["tb"]["error"].split("; ")[0].split(": ", 1)[1]
+                      for r in cell if "error" in r["tb"]]
             print(f"| {name} | {budget:g} | {'MAE' if key == 'mae' else 'acc %'} | {mean_std(pl)} | {mean_std(tb)} | "
-                  f"{mean_std(diffs)} | {passes} | {', '.join(lrs)} | {chance} | {div_tb}/{div_pl} | "
+                  f"{mean_std(diffs)} | {passes} | {', '.join(lrs)} | {chance} | {div_tb}/{div_pl} | {refused} | "
                   f"{'met' if met else 'NOT MET'}{' (' + errors[0] + ')' if errors else ''} |")
     return all_met
 
