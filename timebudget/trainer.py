@@ -350,7 +350,8 @@ class _Run:
         left them unset; the range test's seconds pass on the budget's clock like any other."""
         config, clock = self.config, self.clock
         # rank 0's timings on every rank, so all decide alike; under torchrun no range test (its steps are collective)
-        step_s, window_s = self.world.from_writer(self.step_times[-1], config.seconds - clock.elapsed() - clock.reserve_s)
+        window_s = config.seconds - clock.elapsed() - clock.reserve_s
+        step_s, window_s = self.world.from_writer(self.step_times[-1], window_s)
         enabled = config.lr_range_test and self.world.size == 1
         self.lr_choice = lr_finder.choose(self.user_lr, config.lr, enabled, step_s, window_s, self.range_test)
         warmup = config.warmup
