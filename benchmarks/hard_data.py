@@ -12,7 +12,7 @@ supports, hard enough to separate training recipes:
 - ``classification``: ``make_classification`` with 40 informative and 20 redundant of 80 features, 20 classes in
   2 clusters each and 5% of labels flipped (train and test alike, as real label noise would be);
 - ``regression``: ``make_regression`` with 100 features of which 30 informative, low effective rank (correlated
-  features), plus a mild nonlinearity, noise;
+  features), plus a nonlinearity and noise of 20% of the signal;
 - ``diabetes``: scikit-learn's diabetes (442 patients, 10 features; regression), a fixed 80/20 split.
 
 Training and test images are drawn from disjoint source digits (scikit-learn's digits split 80/20, stratified,
@@ -189,7 +189,9 @@ def _clutter(g: torch.Generator, n: int, size: int, distractors: torch.Tensor) -
     return bg * (1 - alpha * fragment) + alpha * fragment * colour
 
 
-def _colour_digits(images: np.ndarray, labels: np.ndarray, n: int, size: int, g: torch.Generator) -> tuple[np.ndarray, ...]:
+def _colour_digits(
+    images: np.ndarray, labels: np.ndarray, n: int, size: int, g: torch.Generator
+) -> tuple[np.ndarray, ...]:
     copies = math.ceil(n / len(images))
     ink = distorted_digits(images, size, copies, g, scale=(0.6, 0.9))
     y = np.repeat(labels, copies)
@@ -242,14 +244,17 @@ def classification(seed: int = 0, n_samples: int = 12000) -> Split:
 
 
 def regression(seed: int = 0, n_samples: int = 10000) -> Split:
-    """100 correlated features (effective rank 20), 30 informative, a mild nonlinearity on the target, noise."""
+    """100 correlated features (effective rank 20), 30 informative, a nonlinearity a linear model cannot fit, and
+    noise of 20% of the signal's standard deviation."""
     from sklearn.datasets import make_regression
 
     x, y = make_regression(
-        n_samples=n_samples, n_features=100, n_informative=30, effective_rank=20, tail_strength=0.4, noise=5.0,
+        n_samples=n_samples, n_features=100, n_informative=30, effective_rank=20, tail_strength=0.4, noise=0.0,
         random_state=seed,
     )
-    y = y + 0.5 * y.std() * np.tanh(x[:, 0] * 8.0) * np.sign(x[:, 1])  # something a linear model cannot fit
+    x = x / x.std(0)  # make_regression's low-rank features are tiny; unit scale keeps the signal visible in y
+    y = y + 0.5 * y.std() * np.tanh(4.0 * x[:, 0]) * np.sign(x[:, 1])
+    y = y + 0.2 * y.std() * np.random.default_rng(seed).normal(size=len(y))
     return _split(x.astype(np.float32), y.astype(np.float32), seed, stratify=False)
 
 

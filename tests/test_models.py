@@ -53,11 +53,11 @@ def test_registered_models_give_one_output_per_class_and_train_end_to_end(name: 
 @pytest.mark.parametrize(("shape", "pooled"), [((1, 8, 8), 4), ((3, 16, 16), 4), ((3, 32, 32), 4), ((1, 28, 28), 3)])
 def test_cnn_halves_the_resolution_to_about_four_pixels(shape: tuple[int, ...], pooled: int) -> None:
     """The default image model adapts its depth to the input: small images are not pooled away, large ones are
-    reduced to a few pixels before the global pooling."""
+    reduced to a few pixels before the hidden layer."""
     model = models.cnn(shape, 10)
     seen: list[tuple[int, ...]] = []
-    pool = next(m for m in model.modules() if isinstance(m, nn.AdaptiveMaxPool2d))
-    pool.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[2:])))
+    flatten = next(m for m in model.modules() if isinstance(m, nn.Flatten))
+    flatten.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[2:])))
     model(torch.randn(2, *shape))
     assert seen == [(pooled, pooled)]
 

@@ -141,3 +141,38 @@ def test_linear_lr_needs_a_positive_step_count(total_steps: int) -> None:
     """Zero or negative steps would divide by zero or run the schedule backwards."""
     with pytest.raises(ValueError, match="total_steps"):
         schedules.LinearLR(optimizer(BASE_LR), total_steps)
+
+
+@pytest.mark.parametrize(
+    ("step_s", "window_s", "expected"),
+    [
+        pytest.param(0.001, 100.0, 0.05, id="long-window-5pc"),  # 20 steps = 0.02 s: the 5% floor
+        pytest.param(0.1, 20.0, 0.10, id="20-steps"),  # 20 steps = 2 s = 10% of the window
+        pytest.param(0.1, 5.0, 0.15, id="short-window-capped"),  # 20 steps would be 40%: capped at 15%
+        pytest.param(0.1, 0.0, 0.15, id="no-window"),
+    ],
+)
+def test_default_warmup_is_five_percent_or_twenty_steps_at_most_fifteen(
+    step_s: float, window_s: float, expected: float
+) -> None:
+    assert schedules.default_warmup(step_s, window_s) == pytest.approx(expected)
+
+
+def test_default_warmup_schedule_shape_on_a_fake_clock(fake_clock: FakeClock) -> None:
+    """Driven by a budget clock's progress: 0 at the start, the peak at the end of the warm-up, then the linear
+    decay to exactly 0 at the deadline."""
+    clock = BudgetClock(10.0, start=fake_clock(), now=fake_clock, margin_s=0.0)
+    clock.measure_tail(0.0)
+    warmup = schedules.default_warmup(0.05, 10.0)  # 20 steps = 1 s = 10%
+    opt = optimizer(BASE_LR)
+    schedule = schedules.TimeSchedule(opt, BASE_LR, schedules.build("linear", warmup))
+    clock.start_training()
+    trace = []
+    for _ in range(41):
+        trace.append(schedule.apply(clock.progress()))
+        fake_clock.advance(0.25)
+    assert warmup == pytest.approx(0.1)
+    assert trace[0] == 0.0
+    assert trace[2] == pytest.approx(BASE_LR * 0.5)  # half-way through the warm-up
+    assert trace[4] == pytest.approx(BASE_LR)  # its end: the peak
+    assert trace[:5] == sorted(trace[:5]) and trace[4:] == sorted(trace[4:], reverse=True) and trace[-1] == 0.0

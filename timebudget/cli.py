@@ -74,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule",
                    help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default from the data size)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default from optimizer and batch size)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default from optimizer, batch size and a range test)")
     t.add_argument("--optimizer", help="sgd (default for images) or adamw (default for tabular)")
     t.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay")
-    t.add_argument("--warmup", type=float, help="warm-up as a fraction of the budget (default 0)")
+    t.add_argument("--warmup", type=float,
+                   help="warm-up as a fraction of the training window (default: 5%%, or 20 steps if longer, at most "
+                        "15%%)")
     t.add_argument("--keep-fraction", dest="keep_fraction", type=float,
                    help="fixed share of the data a selection strategy keeps per epoch, in (0, 1] "
                    "(default: budget-sized)")

@@ -47,7 +47,8 @@ class Config:
     momentum: float = 0.9
     weight_decay: float | None = None
     schedule: str = "linear"
-    warmup: float = 0.0
+    warmup: float | None = None  # None: 5% of the training window, at least 20 steps, at most 15% (schedules)
+    lr_range_test: bool = True  # guard the default lr with a range test when it fits in 5% of the window (lr_finder)
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     strategy: str = "full"
     keep_fraction: float | None = None
@@ -106,7 +107,8 @@ class Config:
         _positive("lr", self.lr)
         _positive("image_size", self.image_size)
         _positive("log_every", self.log_every)
-        _in_range("warmup", self.warmup, 0.0, 1.0, hi_open=True)
+        if self.warmup is not None:
+            _in_range("warmup", self.warmup, 0.0, 1.0, hi_open=True)
         _in_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         if self.weight_decay is not None:

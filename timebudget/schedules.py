@@ -2,8 +2,9 @@
 
 ``p`` comes from :class:`timebudget.clock.BudgetClock.progress`: the share of the training window used. Every schedule
 returns a multiplier of the base learning rate; ``linear`` (Li, Yumer and Ramanan, ICLR 2020) is the default because
-it reaches exactly zero at the end of the window and is the most robust under a budget. An optional warm-up ramps
-linearly from 0 over the first ``warmup`` fraction; the schedule then runs over the rest, still ending at ``p = 1``.
+it reaches exactly zero at the end of the window and is the most robust under a budget. A warm-up ramps linearly
+from 0 over the first ``warmup`` fraction (by default :func:`default_warmup`); the schedule then runs over the rest,
+still ending at ``p = 1``.
 """
 from __future__ import annotations
 
@@ -50,6 +51,24 @@ def with_warmup(schedule: Schedule, warmup: float) -> Schedule:
         return schedule((p - warmup) / (1.0 - warmup))
 
     return factor
+
+
+WARMUP_SHARE = (0.05, 0.15)  # the default warm-up's share of the training window: at least, at most
+WARMUP_STEPS = 20  # and at least this many steps, within that bound
+
+
+def default_warmup(step_s: float, window_s: float) -> float:
+    """The warm-up used when none is given: 5% of the training window, or 20 steps if that is longer, at most 15%.
+
+    Goyal et al. (2017) warm up for 5 of 90 epochs wherever the learning rate is large; as a share of the window
+    that is about 5%. In a short budget 5% can be a handful of steps, too few to let BatchNorm statistics and
+    momentum settle before the peak, hence the floor in steps. The cap keeps most of a very short window for
+    training at a useful learning rate.
+    """
+    if window_s <= 0:
+        return WARMUP_SHARE[1]
+    lo, hi = WARMUP_SHARE
+    return min(hi, max(lo, WARMUP_STEPS * step_s / window_s))
 
 
 def build(name: str, warmup: float = 0.0, milestones: Sequence[float] = (0.5, 0.75)) -> Schedule:

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import accel, artifacts, augment, config as config_module, data, distributed, models, sampler, schedules, \
-    startup, strategies
+from . import accel, artifacts, augment, config as config_module, data, distributed, lr_finder, models, sampler, \
+    schedules, startup, strategies
 from . import progress, tensorboard_sink
 from .averaging import EMA
 from .batches import Batches
@@ -68,14 +68,15 @@ class TrainResult:
 
 # --- set-up ------------------------------------------------------------------------------------------------------
 def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
-    """Fill the fields left at ``None`` with values that suit this data (a careful hand-written loop's choices)."""
+    """Fill the fields left at ``None`` with values that suit this data (a careful hand-written loop's choices).
+
+    The batch is clamped to the training set; the learning rate is :func:`lr_finder.rule_lr` (capped linear scaling),
+    which the run may lower after its range test; the warm-up is chosen after calibration (``default_warmup``).
+    """
     n = len(bundle.train)
     optimizer = config.optimizer or ("sgd" if bundle.kind == "image" else "adamw")
-    batch_size = config.batch_size or (64 if n < 5000 else 128)
-    if optimizer == "sgd":  # linear scaling with batch size (Goyal et al. 2017)
-        lr, weight_decay = 0.1 * batch_size / 128, 5e-4
-    else:
-        lr, weight_decay = 2e-3, 0.05
+    batch_size = lr_finder.clamp_batch(config.batch_size or (64 if n < 5000 else 128), n)
+    weight_decay = 5e-4 if optimizer == "sgd" else 0.05 if bundle.task == "classification" else 0.01
     eval_every = config.eval_every
     if eval_every is None:
         eval_every = 0.0 if config.seconds < 300 else config.seconds / 10
@@ -86,12 +87,12 @@ def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
         config,
         optimizer=optimizer,
         batch_size=batch_size,
-        lr=config.lr or lr,
+        lr=config.lr or lr_finder.rule_lr(optimizer, batch_size, bundle.task),
         weight_decay=weight_decay if config.weight_decay is None else config.weight_decay,
         augment=bundle.augment if config.augment is None else config.augment,
         eval_every=eval_every,
         loss=loss,
-        model=config.model or ("cnn" if bundle.kind == "image" else "mlp"),
+        model=config.model or models.default(bundle.kind, bundle.task),
     )
 
 
@@ -193,6 +194,7 @@ def train(
             run = _Run(config, clock, world, hooks or RunHooks())
             view.phase("calibration")
             run.calibrate()
+            run.choose_lr()
             run.open_folder()
             run.loop(view)
             view.phase("tail")
@@ -218,6 +220,8 @@ class _Run:
         self.bundle = bundle = data.load(config.data, config.data_dir, config.image_size)
         if hooks.subset is not None:
             self.bundle = bundle = hooks.subset(bundle)
+        self.hooks = hooks
+        self.user_lr = config.lr
         self.config = config = resolve_defaults(config, bundle)
         self.startup.mark("data")
         self.model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
@@ -252,7 +256,7 @@ class _Run:
         if hooks.scores is not None:
             self.scores.load_state_dict(hooks.scores)
         self.strategy = strategies.build(config, bundle.task)
-        schedule = hooks.schedule or schedules.build(config.schedule, config.warmup, config.step_milestones)
+        schedule = hooks.schedule or schedules.build(config.schedule, config.warmup or 0.0, config.step_milestones)
         self.schedule = schedules.TimeSchedule(self.optimizer, config.lr, schedule)
         self.averaged: EMA | None = None
         self.pending_step: tuple[dict[str, Any], accel.HostCopy] | None = None
@@ -368,6 +372,33 @@ class _Run:
                 f"s; the minimum for this data and model here is about {math.ceil(minimum * 1.2)} s"
             )
         self.startup.mark("calibration")
+
+    def choose_lr(self) -> None:
+        """The peak learning rate (the rule's, guarded by a range test when it fits) and the warm-up, when the user
+        left them unset; the range test's seconds pass on the budget's clock like any other."""
+        config, clock = self.config, self.clock
+        # rank 0's timings on every rank, so all decide alike; under torchrun no range test (its steps are collective)
+        window_s = config.seconds - clock.elapsed() - clock.reserve_s
+        step_s, window_s = self.world.from_writer(self.step_times[-1], window_s)
+        enabled = config.lr_range_test and self.world.size == 1
+        self.lr_choice = lr_finder.choose(self.user_lr, config.lr, enabled, step_s, window_s, self.range_test)
+        warmup = config.warmup
+        if warmup is None:
+            warmup = schedules.default_warmup(step_s, window_s - self.lr_choice.seconds)
+        self.config = config = dataclasses.replace(config, lr=self.lr_choice.lr, warmup=warmup)
+        schedule = self.hooks.schedule or schedules.build(config.schedule, warmup, config.step_milestones)
+        self.schedule = schedules.TimeSchedule(self.optimizer, config.lr, schedule)
+
+    def range_test(self) -> lr_finder.RangeTest:
+        """:func:`lr_finder.range_test` on fresh batches from the initial weights, which are restored afterwards."""
+        chunks = lr_finder.test_chunks(self.n, self.config.batch_size, self.config.seed)
+
+        def step(batch: tuple[torch.Tensor, ...], lr: float) -> float:
+            schedules.set_lr(self.optimizer, lr)
+            return float(self.step(batch[0], batch[1], None).float().mean())
+
+        with lr_finder.restored(self.model, self.optimizer, self.scaler):
+            return lr_finder.range_test(step, iter(self.train_batches.iterate(chunks)), self.config.lr, self.now)
 
     # --- the run folder ----------------------------------------------------------------------------------------
     def open_folder(self) -> None:
@@ -589,6 +620,8 @@ class _Run:
             "epoch_subsets": [{"epoch": r["epoch"], "kept": r["kept"], "kept_fraction": r["kept_fraction"]}
                               for r in self.kept_log],
             "final_lr": self.schedule.lr,
+            "lr_choice": self.lr_choice.to_dict(),
+            "warmup": config.warmup,
             "startup_s": clock.training_started - clock.start,
             "startup": self.startup.summary(clock.training_started, self.step_times),
             "phase_starts": self.phase_starts,
