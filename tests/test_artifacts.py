@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -92,3 +93,40 @@ def test_metrics_log_hands_its_batches_to_the_sinks(tmp_path: Path) -> None:
     log.close()
     assert batches == [[{"step": 1}, {"step": 2}], [{"step": 3}]] and closed == [True]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_write_stopped_half_way_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half of the new bytes reach the disk, then the write stops (a signal's exception, a full disk): the artifact
+    is still the old one, whole, and no temporary file is left."""
+    path = tmp_path / "checkpoint.pt"
+    artifacts.save_torch(path, {"steps": 1, "w": torch.zeros(1000)})
+    real_fdopen = os.fdopen
+
+    class HalfWay:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> HalfWay:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def write(self, data: bytes) -> None:
+            self.fh.write(data[: len(data) // 2])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: HalfWay(real_fdopen(fd, mode)))
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.save_torch(path, {"steps": 2, "w": torch.ones(1000)})
+    assert torch.load(path, weights_only=True)["steps"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_metrics_log_continued_after_a_kill_drops_the_cut_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"event": "step", "step": 1}\n{"event": "st')  # a process killed mid-append
+    log = artifacts.MetricsLog(path, append=True)
+    log.write({"event": "resume", "step": 1})
+    log.flush()
+    assert [json.loads(line)["event"] for line in path.read_text().splitlines()] == ["step", "resume"]

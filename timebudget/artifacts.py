@@ -63,16 +63,21 @@ class MetricsLog:
 
     Appending whole lines keeps earlier lines intact if a run dies; :meth:`flush` is called at epoch ends and at the
     close of the run. Each flush hands the same batch of records to the ``sinks``, so they cost what the log costs
-    and when it costs it, never per step.
+    and when it costs it, never per step. ``append`` continues an existing log (a resumed run) instead of starting an
+    empty one.
     """
 
-    def __init__(self, path: str | Path, buffer_lines: int = 64, sinks: Sequence[Sink] = ()) -> None:
+    def __init__(self, path: str | Path, buffer_lines: int = 64, sinks: Sequence[Sink] = (), append: bool = False
+                 ) -> None:
         self.path = Path(path)
         self.buffer: list[str] = []
         self.records: list[dict[str, Any]] = []  # the buffered records themselves, for the sinks
         self.buffer_lines = buffer_lines
         self.sinks = list(sinks)
-        write_text(self.path, "")
+        if not (append and self.path.exists()):
+            write_text(self.path, "")
+        elif not (text := self.path.read_text()).endswith("\n") and text:  # a line cut short by a killed run
+            write_text(self.path, text[:text.rfind("\n") + 1])
 
     def write(self, record: dict[str, Any]) -> None:
         self.buffer.append(json.dumps(record))

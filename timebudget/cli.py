@@ -12,11 +12,14 @@ from typing import Any, NoReturn, Sequence
 
 from .clock import process_start_time
 from .errors import BudgetTooSmall, PeerLost, TimebudgetError, first_line
+from .preemption import Interrupted, stop_watching, watch_early
 
 _PROCESS_START = process_start_time()
 
 EXIT_BAD_INPUT = 2
 EXIT_BUDGET_TOO_SMALL = 3
+EXIT_INTERRUPTED = 4  # a stop signal: the run is saved and can be continued with --resume
+EXIT_DIVERGED = 5  # the loss diverged after rollbacks: the last good state is saved
 EXIT_FAILED = 1
 
 # flag -> config key, for the named flags that are shortcuts of --set
@@ -35,6 +38,7 @@ _FLAG_KEYS = {
     "weight_decay": "weight_decay",
     "warmup": "warmup",
     "keep_fraction": "keep_fraction",
+    "checkpoint_every": "checkpoint_every",
 }
 # store_true flags that set the config field of the same name
 _SWITCHES = ("quiet", "filter_noisy", "explain", "report", "tensorboard")
@@ -55,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         "rate decays with the fraction of the budget used (linear to zero at the deadline by default), and the "
         "final evaluation, checkpoint.pt, scores.pt and summary.json are written before the deadline.",
     )
-    t.add_argument("--seconds", required=True, metavar="S", help="the budget in seconds (required, > 0)")
+    t.add_argument("--seconds", metavar="S", help="the budget in seconds (required, > 0; with --resume: default what "
+                   "the interrupted run left of its budget)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder, with its own "
+                   "settings (only --seconds and --quiet may be given with it)")
+    t.add_argument("--checkpoint-every", dest="checkpoint_every", type=float, metavar="SECONDS",
+                   help="write the resumable checkpoint.pt every SECONDS (0: only at the end; default: off below "
+                   "600 s, else every 10%% of the budget)")
     t.add_argument("--config", metavar="FILE", help="YAML config (see configs/); flags and --set override it")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, repeatable (e.g. --set lr=0.05 --set warmup=0.02)")
@@ -143,6 +153,10 @@ def _add_report_parser(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     from . import config as config_module
 
+    if args.resume is not None:
+        return _resume_config(args)
+    if args.seconds is None:
+        raise TimebudgetError("--seconds is required: the wall-clock budget in seconds, e.g. --seconds 60")
     overrides: dict[str, Any] = {}
     for flag, key in _FLAG_KEYS.items():
         value = getattr(args, flag)
@@ -159,14 +173,40 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return config_module.apply(overrides, base, source="--set").validate()
 
 
+def _resume_config(args: argparse.Namespace) -> Any:
+    """``--resume RUN_DIR``: the run's own settings; only the budget and --quiet are the caller's."""
+    from . import config as config_module
+
+    given = [f"--{flag.replace('_', '-')}" for flag in (*_FLAG_KEYS, "config") if getattr(args, flag) is not None]
+    given += [f"--{switch.replace('_', '-')}" for switch in _SWITCHES if switch != "quiet" and getattr(args, switch)]
+    given += ["--set"] if args.set else []
+    if given:
+        raise TimebudgetError(f"--resume continues a run with its own settings; drop {', '.join(given)} (only "
+                              "--seconds and --quiet may be given)")
+    seconds = None if args.seconds is None else config_module.check_seconds(args.seconds)
+    return config_module.Config(seconds=seconds, resume=args.resume, quiet=args.quiet).validate()
+
+
 def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     from .distributed import launch_start
     from .trainer import train
 
     result = train(config, start=launch_start(_PROCESS_START))  # under torchrun: from torchrun's own start
+    stop_watching()
+    s = result.summary
+    if s["status"] == "interrupted":
+        print(f"timebudget: interrupted by {s['signal']} at step {s['steps']}; saved in {result.out_dir}; continue "
+              f"with: timebudget train --resume {result.out_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if s["status"] == "diverged":
+        why = (f"the loss diverged: rolling back to the last good state with a lower learning rate did not help "
+               f"({len(s['rollbacks'])} rollbacks); that state is saved in {result.out_dir}; try a lower --lr"
+               if s["rollbacks"] else f"the final test metrics are not finite ({s['test_metrics']}); the run is saved "
+               f"in {result.out_dir}")
+        print(f"timebudget: error: {why}", file=sys.stderr)
+        return EXIT_DIVERGED
     if not result.config.quiet:
-        s = result.summary
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in s["test_metrics"].items())
         print(f"timebudget: {metrics}; {s['steps']} steps, {s['epochs']} epochs, {s['samples_per_s']:.0f} samples/s; "
               f"artifacts in {result.out_dir} after {s['elapsed_s']:.2f} of {s['budget_s']:g} s")
@@ -207,7 +247,12 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if argv is None and args.command == "train":  # before torch is imported: a signal in start-up ends it at once
+            watch_early()
         code = {"explain": _explain, "report": _report, "federated": _federated}.get(args.command, _train)(args)
+    except Interrupted as exc:
+        print(f"timebudget: {exc}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except BudgetTooSmall as exc:
         print(f"timebudget: error: {exc}", file=sys.stderr)
         code = EXIT_BUDGET_TOO_SMALL

@@ -93,6 +93,7 @@ class BudgetClock:
         self._window_start: float | None = None
         self._last: float | None = None
         self._unfinished = 0
+        self.progress_from = 0.0
 
     # --- the tail --------------------------------------------------------------------------------------------
     def measure_tail(self, seconds: float, load: float | None = None) -> None:
@@ -137,13 +138,15 @@ class BudgetClock:
         return self.start if self._window_start is None else self._window_start
 
     def progress(self) -> float:
-        """Fraction of the training window used, in [0, 1]: the input of every learning-rate schedule."""
+        """Fraction of the training window used, in [0, 1]: the input of every learning-rate schedule. A resumed run
+        starts at ``progress_from`` (where the interrupted one stopped) and reaches 1 at the end of its own window."""
         if self._window_start is None:
-            return 0.0
+            return self.progress_from
         span = self.window_end - self._window_start
         if span <= 0:
             return 1.0
-        return min(1.0, max(0.0, (self.now() - self._window_start) / span))
+        used = min(1.0, max(0.0, (self.now() - self._window_start) / span))
+        return self.progress_from + (1.0 - self.progress_from) * used
 
     def step_estimate(self) -> float:
         """A cautious prediction of the next step's duration: the larger of the recent median and the last step

@@ -75,10 +75,15 @@ class Config:
     explain: bool = False
     report: bool = False
     tensorboard: bool = False
+    resume: str | None = None  # a run folder to continue (its own config is used; seconds=None: what is left)
+    checkpoint_every: float | None = None  # seconds between resumable checkpoints; None: off below 600 s, else 10%
+    signal_grace: float = 5.0  # seconds a stop signal leaves for the tail: the final evaluation runs if it fits
+    snapshot_every: float | None = None  # seconds between the guard's in-memory snapshots; None: 2% of the budget, <= 5
 
     def validate(self) -> "Config":
         """Check every value that can be checked without data; raise one clear error for the first bad one."""
-        _check_seconds(self.seconds)
+        if self.resume is None or self.seconds is not None:
+            _check_seconds(self.seconds)
         _choice("schedule", self.schedule, SCHEDULES)
         if self.optimizer is not None:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -114,6 +119,10 @@ class Config:
         if self.weight_decay is not None:
             _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
         _in_range("margin", self.margin, 0.0, math.inf)
+        if self.checkpoint_every is not None:
+            _in_range("checkpoint_every", self.checkpoint_every, 0.0, math.inf)
+        _in_range("signal_grace", self.signal_grace, 0.0, math.inf)
+        _positive("snapshot_every", self.snapshot_every)  # None passes: the default
         if self.num_workers < 0:
             raise TimebudgetError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.eval_every is not None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from . import checks
 from .errors import TimebudgetError
 from .imports import import_callable
 
@@ -106,6 +107,8 @@ def from_arrays(
         raise TimebudgetError(f"{name}: x_train samples have shape {x_train.shape[1:]}, x_test {x_test.shape[1:]}")
     if not (np.issubdtype(x_train.dtype, np.number) and np.issubdtype(y_train.dtype, np.number)):
         raise TimebudgetError(f"{name}: x and y must be numeric arrays, got {x_train.dtype} and {y_train.dtype}")
+    for key, array in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test)):
+        checks.finite_array(name, key, array)
     ndim = x_train.ndim
     if ndim == 2:
         kind, layout = "tabular", None

@@ -29,14 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import accel, artifacts, augment, config as config_module, data, distributed, lr_finder, models, sampler, \
-    schedules, startup, strategies
+from . import (accel, artifacts, augment, checkpoint, checks, config as config_module, data, distributed, guard,
+               lr_finder, models, sampler, schedules, startup, strategies)
 from . import progress, tensorboard_sink
 from .averaging import EMA
 from .batches import Batches
 from .clock import BudgetClock
 from .config import Config
 from .errors import BudgetTooSmall, TimebudgetError, first_line
+from .preemption import Preemption
 from .scores import ScoreTable
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -175,26 +176,43 @@ def train(
 ) -> TrainResult:
     """Train for ``config.seconds`` of wall time counted from ``start`` (default: now) and write the run folder.
 
-    Returns once ``summary.json`` is on disk, before the deadline. Raises :class:`TimebudgetError` (before any
+    Returns once ``summary.json`` is on disk, before the deadline; its ``status`` is ``completed``, ``interrupted``
+    (a stop signal: SIGTERM, SIGINT or SIGUSR1) or ``diverged``. Raises :class:`~timebudget.preemption.Interrupted`
+    when a stop signal comes before training starts (nothing is written), and :class:`TimebudgetError` (before any
     training) for bad input and :class:`BudgetTooSmall` when the budget cannot fit start-up, one step and the tail.
+    With ``config.resume`` set, continues that run folder (see :mod:`timebudget.checkpoint`).
     """
     config = config.validate()
+    state = None
+    if config.resume:
+        config, state = checkpoint.resume_config(config)
     start = now() if start is None else start
     world = distributed.init(config.device, config.seconds, start, now)
-    with world.guard():
+    with world.guard(), Preemption() as preemption:
         clock = BudgetClock(config.seconds, start=world.align_start(start, now), now=now,
                             margin_s=config.margin + world.launcher_exit_s)
         world.attach(clock)
-        if config.out and (Path(config.out) / "summary.json").exists():
-            raise TimebudgetError(f"--out {config.out!r} already holds a finished run (summary.json); choose a new "
-                                  "folder")
+        if config.out and not config.resume:
+            if (Path(config.out) / "summary.json").exists():
+                raise TimebudgetError(f"--out {config.out!r} already holds a run (summary.json); choose a new folder, "
+                                      "or continue an interrupted run with --resume")
+            checks.output_folder(config.out)
         if not world.is_writer:
             config = dataclasses.replace(config, quiet=True)
         with progress.Progress(clock, config.quiet) as view:
-            run = _Run(config, clock, world, hooks or RunHooks())
+            run = _Run(config, clock, world, hooks or RunHooks(), preemption)
             view.phase("calibration")
-            run.calibrate()
+            try:
+                run.calibrate()
+            except BudgetTooSmall as exc:
+                if state is None:
+                    raise
+                raise BudgetTooSmall(f"--resume {config.resume!r}: {exc}; give the resumed run more: --seconds S") \
+                    from None
             run.choose_lr()
+            if state is not None:
+                checkpoint.restore(run, state)
+            preemption.begin_training()
             run.open_folder()
             run.loop(view)
             view.phase("tail")
@@ -209,8 +227,9 @@ class _Run:
     Set-up and calibration write nothing, so bad input and a budget too small leave no run folder behind.
     """
 
-    def __init__(self, config: Config, clock: BudgetClock, world: distributed.World, hooks: RunHooks) -> None:
-        self.clock, self.now, self.world = clock, clock.now, world
+    def __init__(self, config: Config, clock: BudgetClock, world: distributed.World, hooks: RunHooks,
+                 preemption: Preemption) -> None:
+        self.clock, self.now, self.world, self.preemption = clock, clock.now, world, preemption
         self.startup = startup.Startup(clock.start, clock.now)
         if config.tensorboard:
             tensorboard_sink.check_available()
@@ -223,6 +242,9 @@ class _Run:
         self.hooks = hooks
         self.user_lr = config.lr
         self.config = config = resolve_defaults(config, bundle)
+        self.warnings = checks.dataset(bundle, config.batch_size)
+        for warning in self.warnings:
+            print(f"timebudget: warning: {warning}", file=sys.stderr)
         self.startup.mark("data")
         self.model = models.build(config.model, bundle.input_shape, bundle.num_outputs, bundle.kind).to(device)
         if hooks.weights is not None:
@@ -266,6 +288,13 @@ class _Run:
         self.seconds_scoring = 0.0
         self.kept_log: list[dict[str, Any]] = []
         self.last_eval: dict[str, Any] | None = None
+        self.outcome, self.signal = "running", None  # completed, interrupted (by signal) or diverged at the end
+        self.guard: guard.DivergenceGuard | None = None
+        self.cursor: checkpoint.Cursor | None = None  # the epoch in progress, when training stopped within it
+        self.stop_progress: float | None = None
+        self.parts: list[dict[str, Any]] = []  # the earlier parts of a resumed run
+        self.part_start = (0, 0, 0.0)  # steps, samples and training seconds when this part began
+        self.checkpoint_s = 0.0  # this part's crash-safe checkpoints (--checkpoint-every), inside the budget
         self.startup.mark("setup")
 
     # --- the pieces every stage uses -----------------------------------------------------------------------------
@@ -295,30 +324,9 @@ class _Run:
         return evaluate(self.final_model(), self.test_batches, self.bundle, self.eval_batch, max_batches,
                         self.config.tta, self.autocast)
 
-    def checkpoint(self) -> dict[str, Any]:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "order": self.order_gen.get_state(),
-                               "augment": self.aug_gen.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        bundle = self.bundle
-        return {
-            "model": self.final_model().state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "steps": self.steps,
-            "epochs": self.epochs,
-            "samples_trained": self.samples,
-            "budget_s": self.config.seconds,
-            "elapsed_s": self.clock.elapsed(),
-            "rng": rng,
-            "config": self.config.to_dict(),
-            "data": {
-                "task": bundle.task,
-                "num_outputs": bundle.num_outputs,
-                "input_shape": list(bundle.input_shape),
-                "target_mean": bundle.target_mean,
-                "target_std": bundle.target_std,
-            },
-        }
+    def checkpoint(self, cursor: checkpoint.Cursor | None = None) -> dict[str, Any]:
+        """The whole run's resumable state (see :mod:`timebudget.checkpoint`)."""
+        return checkpoint.run_state(self, cursor or self.cursor)
 
     # --- calibration: measure a step, the evaluation and the checkpoint before committing to the budget --------
     def calibrate(self) -> None:
@@ -328,11 +336,13 @@ class _Run:
                                 self.rank_batch)
         ((px, py, _),) = self.train_batches.iterate(first[:1])
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        checks.finite_batch(f"--data {config.data!r}", px, py)
         self.step_times: list[float] = []
+        first_losses: list[torch.Tensor] = []
         for _ in range(3 if config.compile else 2):  # cold first step (and compilation); the last is representative
             t0 = now()
             try:
-                self.step(px, py, None)
+                first_losses.append(self.step(px, py, None).mean())
             except Exception as exc:
                 what = "compiling the training step" if config.compile else "a training step"
                 raise TimebudgetError(
@@ -343,6 +353,15 @@ class _Run:
             self.step_times.append(now() - t0)
         self.model.load_state_dict(state)
         self.optimizer.state.clear()
+        initial_loss = float(first_losses[0])
+        if not math.isfinite(initial_loss):
+            raise TimebudgetError(
+                f"the loss of model {config.model!r} on the first training batch of {config.data!r} is {initial_loss}: "
+                "check the data and the model's forward"
+            )
+        self.guard = guard.DivergenceGuard(initial_loss, self.device, lambda: checkpoint.training_state(self),
+                                           lambda state: checkpoint.restore_training(self, state), self.scale_lr,
+                                           every_s=guard.snapshot_interval(config.seconds, config.snapshot_every))
         test_chunks = math.ceil(len(self.test_batches) / self.eval_batch)
         probe_batches = min(test_chunks, 2)
         self.test_metrics(max_batches=1)  # warm: the first evaluation pays for allocations and kernel selection
@@ -406,15 +425,26 @@ class _Run:
         self.out_dir = self.world.out_dir(Path(config.out) if config.out else default_out_dir(config))
         self.config = config = dataclasses.replace(config, out=str(self.out_dir))
         self.checkpoint_dir = self.out_dir / "checkpoints"
+        metrics = self.out_dir / "metrics.jsonl"
         if self.world.is_writer:  # under torchrun only rank 0 writes
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            artifacts.write_text(self.out_dir / "config.yaml", config_module.dump(config))
-            if config.save_checkpoints:
-                self.checkpoint_dir.mkdir(exist_ok=True)
+            with checks.writing(self.out_dir):
+                checks.output_folder(self.out_dir)
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                if not config.resume:  # a resumed run keeps the folder's config.yaml: the run's own settings
+                    artifacts.write_text(self.out_dir / "config.yaml", config_module.dump(config))
+                if config.save_checkpoints:
+                    self.checkpoint_dir.mkdir(exist_ok=True)
         sinks: list[artifacts.Sink] = []
         if config.tensorboard and self.world.is_writer:
             sinks.append(tensorboard_sink.TensorBoardSink(self.out_dir / "tensorboard", self.clock.elapsed()))
-        self.log = self.world.metrics_log(self.out_dir / "metrics.jsonl", sinks)
+        if config.resume and self.world.is_writer:  # continue the interrupted run's log
+            self.log: artifacts.MetricsLog | Any = artifacts.MetricsLog(metrics, sinks=sinks, append=True)
+        else:
+            self.log = self.world.metrics_log(metrics, sinks)
+        if config.resume:
+            self.log.write({"event": "resume", "step": self.steps, "samples": self.samples, "epoch": self.epochs,
+                            "progress": self.clock.progress_from, "budget_s": config.seconds,
+                            "time": round(self.clock.elapsed(), 4)})
         self.startup.mark("folder")
 
     # --- the loop ----------------------------------------------------------------------------------------------
@@ -430,15 +460,20 @@ class _Run:
         self.phase_starts["training"] = clock.training_started - clock.start
         self.log.write({"event": "training", "time": round(clock.elapsed(), 4), "budget_s": config.seconds,
                         "phase_starts": dict(self.phase_starts), "window_end_s": clock.window_end - clock.start})
-        stop = self.world.agree_stop(clock.should_stop())
+        resumable_every = checkpoint.interval(config) if self.world.is_writer else 0.0
+        next_resumable = clock.elapsed() if resumable_every else math.inf  # the first at once: a kill finds one
+        self.guard.start(clock.elapsed())
+        stop = self.world.agree_stop(clock.should_stop() or self.preemption.requested)
         while not stop:
-            order, chunks, weights = self.plan_epoch()
-            epoch_losses: list[torch.Tensor] = []  # per step; joined per log record and per epoch, not copied per step
-            done = logged = 0  # samples of this epoch trained / steps already logged
+            # per step; joined per log record and per epoch, not copied per step (a resumed epoch starts with its
+            # trained part's losses as one entry)
+            order, chunks, weights, epoch_losses, done = self.plan_epoch()
+            logged = len(epoch_losses)  # steps of this epoch already logged
             for x, y, idx in self.train_batches.iterate(chunks):
                 p = self.world.progress(clock.progress())  # under torchrun: rank 0's, so every replica steps alike
                 lr = self.schedule.apply(p)
                 losses = self.step(x, y, weights[idx.to(device, non_blocking=True)] if weights is not None else None)
+                self.guard.observe(losses)
                 epoch_losses.append(losses)
                 done += len(idx)
                 self.steps += 1
@@ -452,7 +487,7 @@ class _Run:
                     self.log_step(lr, torch.cat(epoch_losses[logged:]))
                     logged = len(epoch_losses)
                 view.tick(losses)
-                local_stop = clock.step_done()
+                local_stop = clock.step_done() or self.preemption.requested or self.guarded()
                 if not local_stop:
                     if self.tail_probe.load_changed(slowdown := clock.slowdown()):
                         self.retime_tail(slowdown)
@@ -462,6 +497,9 @@ class _Run:
                             artifacts.save_torch(self.checkpoint_dir / f"step_{self.steps:08d}.pt", self.checkpoint())
                             resume()
                         next_checkpoint += checkpoint_every
+                    if clock.elapsed() >= next_resumable:
+                        self.save_resumable(checkpoint.Cursor(self.epochs, order, weights, epoch_losses, done))
+                        next_resumable = clock.elapsed() + resumable_every
                     if self.world.is_writer and clock.elapsed() >= next_eval:
                         self.last_eval = self.periodic_eval() or self.last_eval
                         next_eval = clock.elapsed() + config.eval_every
@@ -470,21 +508,64 @@ class _Run:
                     break
             t0 = now()
             joined = torch.cat(epoch_losses) if epoch_losses else torch.empty(0, device=device)
-            self.scores.record(*self.world.all_gather_losses(order[:done], joined), self.steps)
+            if stop:  # within the epoch: a resume continues it, with the score table as it was before it
+                self.cursor = checkpoint.Cursor(self.epochs, order, weights, [joined], done, self.scores.state_dict())
+            index, joined = self.world.all_gather_losses(order[:done], joined)
+            index = index.to(device, non_blocking=True)
+            self.scores.record(index, self.guard.clean(joined, self.scores.average[index]), self.steps)
             self.seconds_scoring += now() - t0
             if len(epoch_losses) > logged:
                 self.log_step(self.schedule.lr, torch.cat(epoch_losses[logged:]))
             self.write_step_log()
             self.epochs += 1
             self.log.flush()
-            stop = self.world.agree_stop(stop or clock.should_stop())
+            stop = self.world.agree_stop(stop or clock.should_stop() or self.preemption.requested)
         clock.stop_training()
+        if self.outcome == "running" and not self.guarded(final=True):
+            self.signal = self.preemption.signal
+            self.outcome = "interrupted" if self.signal else "completed"
+        self.stopped_at, self.stop_progress = now(), clock.progress()
         self.log.flush()
 
-    def plan_epoch(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
-        """The strategy's plan for the next epoch, as this rank's order, its batches and per-sample weights. Planning
-        and re-scoring count against the budget, not as step time. Under torchrun every rank plans from the same
-        scores and rank 0's time, and trains its equal shard of the subset."""
+    def guarded(self, final: bool = False) -> bool:
+        """The divergence guard's check at a step boundary (``final``: at the end of training); True when the run has
+        diverged, its last good state restored."""
+        clock = self.clock
+        verdict = self.guard.check(clock.elapsed(), clock.pause, final)
+        if verdict != guard.OK:
+            self.log.write({"event": "rollback", "step": self.steps, "time": round(clock.elapsed(), 4),
+                            "lr_scale": self.schedule.base_lr / self.config.lr, "diverged": verdict == guard.DIVERGED})
+        if verdict == guard.DIVERGED:
+            self.outcome = "diverged"
+        return verdict == guard.DIVERGED
+
+    def scale_lr(self, factor: float) -> None:
+        self.schedule.base_lr *= factor
+
+    def save_resumable(self, cursor: checkpoint.Cursor) -> None:
+        """A crash-safe checkpoint (``checkpoint_every``), when it fits before the tail and the guard has seen no bad
+        loss since its last check; its cost is wall time, so it is charged to the budget."""
+        clock = self.clock
+        if clock.now() + self.save_s * clock.load + clock.step_estimate() > clock.window_end:
+            return
+        resume = clock.pause()
+        t0 = clock.now()
+        if self.world.is_writer and not bool(self.guard.bad):
+            with checks.writing(self.out_dir):
+                artifacts.save_torch(self.out_dir / checkpoint.NAME, self.checkpoint(cursor))
+            self.checkpoint_s += clock.now() - t0
+            self.log.write({"event": "checkpoint", "step": self.steps, "time": round(clock.elapsed(), 4),
+                            "save_s": round(clock.now() - t0, 4)})
+        resume()
+
+    def plan_epoch(self) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, list[torch.Tensor], int]:
+        """The strategy's plan for the next epoch, as this rank's order, its batches, per-sample weights, the epoch's
+        losses so far and how many samples of it are trained (none unless a resumed run continues its epoch).
+        Planning and re-scoring count against the budget, not as step time. Under torchrun every rank plans from the
+        same scores and rank 0's time, and trains its equal shard of the subset."""
+        if self.cursor is not None:  # a resumed run first ends the epoch it stopped in
+            cursor, self.cursor = self.cursor, None
+            return cursor.rest(self.rank_batch, self.drop_partial, self.device)
         clock, n = self.clock, self.n
         resume = clock.pause()
         t0 = self.now()
@@ -513,7 +594,7 @@ class _Run:
             record["plan_replaced_by_rank0"] = True
         self.kept_log.append(record)
         self.log.write(record)
-        return order, chunks, weights
+        return order, chunks, weights, [], 0
 
     def log_step(self, lr: float, losses: torch.Tensor) -> None:
         """Make a step record with the mean of ``losses`` (the steps since the last record). Its loss is copied to
@@ -583,18 +664,32 @@ class _Run:
                         "reserve_s": round(clock.reserve_s, 4)})
 
     # --- the tail: final evaluation, checkpoint, scores, summary ----------------------------------------------
+    def final_metrics(self) -> dict[str, float] | None:
+        """The final evaluation; after a stop signal only if it fits in the grace the signal leaves (``None``)."""
+        clock = self.clock
+        if self.outcome == "interrupted":
+            end = min(clock.deadline, self.stopped_at + self.config.signal_grace) - clock.margin_s
+            if clock.now() + (self.eval_s + self.save_s) * clock.load > end:
+                return None
+        return self.test_metrics()
+
     def finish(self) -> TrainResult:
         config, clock, n = self.config, self.clock, self.n
         world = self.world.summary(self.steps, self.samples // self.world.size, clock.train_s)
         if not self.world.is_writer:  # under torchrun: the tail is rank 0's
-            return TrainResult(self.out_dir, {"steps": self.steps, **world}, self.final_model(), config, False)
+            summary = {"steps": self.steps, "status": self.outcome, "signal": self.signal,
+                       "rollbacks": self.guard.rollbacks, **world}
+            return TrainResult(self.out_dir, summary, self.final_model(), config, False)
         tail_start = self.now()
         self.phase_starts["tail"] = tail_start - clock.start
-        metrics = self.test_metrics()
-        self.log.write({"event": "final", "step": self.steps, "time": round(clock.elapsed(), 4), **metrics})
+        metrics = self.final_metrics()
+        if metrics is not None and not all(math.isfinite(v) for v in metrics.values()):
+            self.outcome = "diverged"  # a meaningless number is never reported as a result
+        self.log.write({"event": "final", "step": self.steps, "time": round(clock.elapsed(), 4), **(metrics or {})})
         self.log.close()
-        artifacts.save_torch(self.out_dir / "checkpoint.pt", self.checkpoint())
-        artifacts.save_torch(self.out_dir / "scores.pt", self.scores.state_dict())
+        with checks.writing(self.out_dir):
+            artifacts.save_torch(self.out_dir / checkpoint.NAME, self.checkpoint())
+            artifacts.save_torch(self.out_dir / "scores.pt", self.scores.state_dict())
         summary = {
             "budget_s": config.seconds,
             "elapsed_s": None,
@@ -633,10 +728,16 @@ class _Run:
             **world,
             "torch": torch.__version__,
             "python": platform.python_version(),
+            **checkpoint.accounts(self),
+            "rollbacks": self.guard.rollbacks,
+            "warnings": self.warnings,
         }
         summary["tail_s"] = self.now() - tail_start
         summary["elapsed_s"] = clock.elapsed()
-        artifacts.write_json(self.out_dir / "summary.json", summary)
+        summary["parts"][-1]["elapsed_s"] = summary["elapsed_s"]
+        summary["total"]["elapsed_s"] = sum(part["elapsed_s"] for part in summary["parts"])
+        with checks.writing(self.out_dir):
+            artifacts.write_json(self.out_dir / "summary.json", summary)
         return TrainResult(out_dir=self.out_dir, summary=summary, model=self.final_model(), config=config)
 
 

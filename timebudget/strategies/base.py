@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -70,6 +70,14 @@ class Strategy:
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to plan as this one would (tensors, numbers, lists): nothing for a strategy that
+        decides from the scores and the context alone."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (its tensors arrive on the training device)."""
 
     def whole_batches(self, k: float, n: int) -> int:
         """``k`` rounded to whole batches (at least one), at most ``n``: then every batch of a subset epoch has the same

@@ -140,6 +140,14 @@ class NoisyFilter(Strategy):
         cost = time.perf_counter() - start
         self.next_fit = ctx.progress + max(MIN_GAP, cost / (COST_SHARE * self.config.seconds))
 
+    def state_dict(self) -> dict[str, Any]:
+        cpu = {k: None if v is None else v.cpu() for k, v in (("streak", self.streak), ("excluded", self.excluded))}
+        return {"inner": self.inner.state_dict(), "next_fit": self.next_fit, **cpu}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.streak, self.excluded, self.next_fit = state["streak"], state["excluded"], state["next_fit"]
+
     @staticmethod
     def posterior(x: torch.Tensor, gmm: Any) -> torch.Tensor:
         """Posterior probability of the component with the higher mean, for every entry of ``x``."""

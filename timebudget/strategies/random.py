@@ -10,7 +10,7 @@ Knobs: ``keep_fraction`` (subset size as a share of the data, in whole batches; 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,3 +45,9 @@ class Random(Strategy):
             mask = fresh | extra
             self.used = extra
         return EpochPlan(mask=mask.cpu(), phase="select")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"used": None if self.used is None else self.used.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.used = state["used"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -61,6 +61,12 @@ class Selective(ScoredStrategy):
         mask = top | picked
         weights = torch.ones_like(scores.average).masked_fill(picked, (n - h) / drawn)
         return EpochPlan(mask=mask.cpu(), weights=weights, phase="select", refresh=self.stale(ctx, mask, h + drawn))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"marks": [mark.cpu() for mark in self.marks]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.marks = deque(state["marks"], maxlen=STALE_EPOCHS)
 
     def stale(self, ctx: EpochContext, mask: torch.Tensor, kept: int) -> torch.Tensor | None:
         """Every ``STALE_EPOCHS`` calls: the oldest-scored samples outside ``mask`` not measured in those epochs, at

@@ -1,0 +1,200 @@
+"""The divergence guard: a non-finite or exploding loss rolls back to the last good snapshot with a lower learning rate;
+rollbacks in a row end the run as diverged, saved in its last good state, with one line and exit 5."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from timebudget import cli, guard
+from timebudget.guard import DivergenceGuard
+
+from conftest import CliResult
+
+FAULTY_MODEL = """
+import torch
+from torch import nn
+
+
+class Faulty(nn.Module):
+    '''An MLP whose training forward goes wrong from its ``at``-th call: NaN once, NaN from then on, or outputs
+    blown up x1e30 from then on. Calibration's two steps are calls 1 and 2.'''
+
+    def __init__(self, features, num_outputs, mode, at):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, num_outputs))
+        self.mode, self.at, self.calls = mode, at, 0
+
+    def forward(self, x):
+        out = self.body(x)
+        if self.training:
+            self.calls += 1
+            if (self.mode == "nan_once" and self.calls == self.at) or (self.mode == "nan" and self.calls >= self.at):
+                out = out * float("nan")
+            elif self.mode == "explode" and self.calls >= self.at:
+                out = out * 1e30
+        return out
+
+
+def build(mode, at):
+    def make(input_shape, num_outputs):
+        features = 1
+        for size in input_shape:
+            features *= size
+        return Faulty(features, num_outputs, mode, at)
+    return make
+
+
+nan_once = build("nan_once", 40)
+nan = build("nan", 40)
+explode = build("explode", 40)
+nan_first = build("nan", 1)
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One thread, and torch's optimizer machinery imported before the runs' budgets start (the first optimizer
+    imports torch._dynamo: seconds on a busy machine, which these tests are not about)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the guard on its own -------------------------------------------------------------------------------------------
+class Trainee:
+    """A stand-in for the run: a state to snapshot and restore, and a learning-rate scale."""
+
+    def __init__(self) -> None:
+        self.state, self.lr_scale, self.restored = 0, 1.0, []
+
+    def guard(self, max_rollbacks: int = 3) -> DivergenceGuard:
+        g = DivergenceGuard(2.3, torch.device("cpu"), lambda: self.state, self.restore, self.scale,
+                            every_s=1.0, max_rollbacks=max_rollbacks)
+        g.start(0.0)
+        return g
+
+    def restore(self, state: int) -> None:
+        self.restored.append(state)
+        self.state = state
+
+    def scale(self, factor: float) -> None:
+        self.lr_scale *= factor
+
+
+def pause() -> Callable[[], None]:
+    return lambda: None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30, 2.3 * guard.EXPLODE * 1.01])
+def test_a_bad_loss_rolls_back_to_the_last_snapshot_and_lowers_the_lr(bad: float) -> None:
+    run = Trainee()
+    g = run.guard()
+    run.state = 1
+    g.observe(torch.tensor([0.5, 0.7]))
+    assert g.check(1.5, pause) == guard.OK  # a snapshot is due: state 1 is good
+    run.state = 2
+    g.observe(torch.tensor([bad, bad]))  # the batch mean is what is checked
+    assert g.check(1.6, pause) == guard.ROLLED_BACK
+    assert (run.restored, run.lr_scale) == ([1], guard.LR_FACTOR)
+    g.observe(torch.tensor([0.3, 0.2]))
+    assert g.check(1.7, pause) == guard.OK and run.restored == [1]
+
+
+def test_normal_noise_is_not_an_explosion() -> None:
+    run = Trainee()
+    g = run.guard()
+    for loss in [2.3, 1.0, 0.1, 0.01, 0.001, 5.0, 20.0]:  # a hard batch late in training: far above the level
+        g.observe(torch.tensor([loss]))
+    assert g.check(0.5, pause) == guard.OK and not run.restored
+
+
+def test_rollbacks_in_a_row_are_divergence_and_a_good_snapshot_breaks_the_row() -> None:
+    run = Trainee()
+    g = run.guard(max_rollbacks=3)
+    for t in (0.1, 0.2):
+        g.observe(torch.tensor([float("nan")]))
+        assert g.check(t, pause) == guard.ROLLED_BACK
+    g.observe(torch.tensor([0.5]))
+    assert g.check(1.5, pause) == guard.OK  # a good snapshot: the row starts again
+    for t in (1.6, 1.7):
+        g.observe(torch.tensor([float("nan")]))
+        assert g.check(t, pause) == guard.ROLLED_BACK
+    g.observe(torch.tensor([float("nan")]))
+    assert g.check(1.8, pause) == guard.DIVERGED
+    assert len(g.rollbacks) == 5 and run.lr_scale == guard.LR_FACTOR ** 4  # no lowering at the divergence
+
+
+def test_final_check_reads_the_flag_and_takes_no_snapshot() -> None:
+    run = Trainee()
+    g = run.guard()
+    run.state = 7
+    g.observe(torch.tensor([float("nan")]))
+    assert g.check(0.1, pause, final=True) == guard.ROLLED_BACK and run.state == 0
+    run.state = 8
+    assert g.check(5.0, pause, final=True) == guard.OK and g.snapshot == 0
+
+
+def test_clean_keeps_good_losses_and_replaces_bad_ones() -> None:
+    g = Trainee().guard()
+    cleaned = g.clean(torch.tensor([0.5, float("nan"), float("inf"), 1e30]), torch.tensor([9.0, 8.0, 7.0, 6.0]))
+    assert cleaned.tolist() == [0.5, 8.0, 7.0, 6.0]
+
+
+# --- in a run -------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def faulty(user_module: Callable[[str, str], ModuleType]) -> ModuleType:
+    return user_module("faulty", FAULTY_MODEL)
+
+
+def _run(cli_main: Callable[..., CliResult], tmp_path: Path, model: str) -> tuple[CliResult, Path]:
+    """A digits run; the diverging ones stop at their third rollback, a few steps after the 38th."""
+    out = tmp_path / model
+    result = cli_main("train", "--seconds", "10", "--model", f"faulty:{model}", "--out", str(out), "--quiet",
+                      "--set", "log_every=5")
+    return result, out
+
+
+def test_a_nan_at_one_step_is_rolled_back_and_the_run_completes(
+    faulty: ModuleType, cli_main: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    result, out = _run(cli_main, tmp_path, "nan_once")
+    assert result.code == 0, result.lines
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["rollbacks"]) == 1
+    assert summary["test_metrics"]["accuracy"] > 0.5
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (rollback,) = [r for r in records if r["event"] == "rollback"]
+    assert rollback["lr_scale"] == guard.LR_FACTOR and not rollback["diverged"]
+    assert all(math.isfinite(r["lr"]) for r in records if r["event"] == "step")
+    assert torch.isfinite(torch.load(out / "scores.pt", weights_only=True)["average"]).all()
+
+
+@pytest.mark.parametrize("model", ["nan", "explode"])
+def test_persistent_divergence_stops_with_the_last_good_state_and_exit_5(
+    faulty: ModuleType, cli_main: Callable[..., CliResult], tmp_path: Path, model: str
+) -> None:
+    result, out = _run(cli_main, tmp_path, model)
+    assert result.code == cli.EXIT_DIVERGED
+    result.one_line_error("diverged", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and len(summary["rollbacks"]) == guard.MAX_ROLLBACKS
+    assert math.isfinite(summary["test_metrics"]["accuracy"])
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert checkpoint["parts"][-1]["status"] == "diverged"
+
+
+def test_a_nan_loss_in_calibration_is_bad_input(
+    faulty: ModuleType, cli_main: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    result, out = _run(cli_main, tmp_path, "nan_first")
+    result.one_line_error("loss", "nan", "faulty:nan_first")
+    assert result.code == cli.EXIT_BAD_INPUT and not out.exists()

@@ -1,0 +1,155 @@
+"""The divergence guard: a non-finite or exploding loss rolls the run back to its last good state at a lower lr.
+
+On CUDA the guard adds a few tensor operations per step on the device: the batch's mean loss is compared with its
+running level and a "bad" flag is accumulated there, with no host-device synchronisation; the flag is read through a
+copy made without waiting and read a few steps later, when its event reports it arrived (as the clock reads step
+ends). On a CPU there is nothing to wait for: the mean is read at once and compared in Python (a few microseconds,
+where the device-side operations cost over ten times that on a small model's step). A loss is bad when it is not
+finite or exceeds ``EXPLODE`` times the larger of its running level and the loss measured at calibration (the level of
+an untrained model: normal batch-to-batch noise never comes near it, an exploding model passes it at once).
+
+Every ``every_s`` seconds (2% of the budget, at most 5 s; charged to the budget, outside step timing) the flag is read
+with the device settled and, if clean, an in-memory snapshot of the training state (model, optimizer, weight average,
+gradient scaler) is taken.
+When the flag trips, the last snapshot is restored, the learning rate is multiplied by ``LR_FACTOR`` and training
+goes on; after ``MAX_ROLLBACKS`` rollbacks with no good snapshot between them the run is declared diverged, stops,
+and is saved in its last good state. The snapshot lives on the training device: it doubles the memory the model and
+optimizer state take, in exchange for a restore that costs microseconds instead of a trip to the host.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+EXPLODE = 100.0  # a loss this many times its running level (or the untrained model's loss) has exploded
+LEVEL_MOMENTUM = 0.9  # the running level: an exponential average of the good steps' mean losses
+LR_FACTOR = 0.5
+MAX_ROLLBACKS = 3
+SNAPSHOT_EVERY_S = 5.0  # at most; a short budget snapshots every SNAPSHOT_SHARE of it, so a rollback loses little
+SNAPSHOT_SHARE = 0.02
+
+
+def snapshot_interval(budget_s: float, every_s: float | None = None) -> float:
+    """Seconds between snapshots: ``every_s`` when given, else 2% of the budget, at most ``SNAPSHOT_EVERY_S``."""
+    return every_s if every_s is not None else min(SNAPSHOT_EVERY_S, SNAPSHOT_SHARE * budget_s)
+
+OK, ROLLED_BACK, DIVERGED = "ok", "rolled_back", "diverged"
+
+
+class DivergenceGuard:
+    """Watches the per-sample losses of each step; :meth:`check` at step boundaries rolls back when they went bad.
+
+    ``capture()`` returns the training state as tensors that the next steps do not modify (a copy); ``restore(state)``
+    puts such a state back; ``scale_lr(factor)`` lowers the learning rate for the rest of the run.
+    """
+
+    def __init__(
+        self,
+        initial_loss: float,
+        device: torch.device,
+        capture: Callable[[], Any],
+        restore: Callable[[Any], None],
+        scale_lr: Callable[[float], None],
+        every_s: float = SNAPSHOT_EVERY_S,
+        max_rollbacks: int = MAX_ROLLBACKS,
+    ) -> None:
+        self.capture, self.restore, self.scale_lr = capture, restore, scale_lr
+        self.every_s, self.max_rollbacks = every_s, max_rollbacks
+        self.on_host = device.type != "cuda"
+        self.reference = abs(initial_loss) if math.isfinite(initial_loss) else 1.0
+        self.level: float | torch.Tensor = self.reference
+        self.bad: bool | torch.Tensor = False
+        if not self.on_host:
+            self.level = torch.tensor(self.reference, device=device)
+            self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self._pending: tuple[torch.Tensor, Any] | None = None
+        self.snapshot: Any = None
+        self.snapshot_at = -math.inf
+        self.streak = 0  # rollbacks since the last good snapshot
+        self.rollbacks: list[dict[str, Any]] = []
+
+    def start(self, elapsed: float) -> None:
+        """The first snapshot, of the state training starts from (good by definition)."""
+        self.snapshot, self.snapshot_at = self.capture(), elapsed
+
+    def observe(self, losses: torch.Tensor) -> None:
+        """Account one step's per-sample losses, without waiting for the device."""
+        mean = losses.detach().float().mean()
+        if isinstance(self.level, float):
+            value = float(mean)
+            if not math.isfinite(value) or value > self.threshold():
+                self.bad = True
+            else:
+                self.level = LEVEL_MOMENTUM * self.level + (1 - LEVEL_MOMENTUM) * value
+            return
+        bad = ~torch.isfinite(mean) | (mean > self.threshold())
+        self.bad |= bad
+        self.level.copy_(torch.where(bad, self.level, self.level.lerp(mean, 1 - LEVEL_MOMENTUM)))
+
+    def threshold(self) -> float | torch.Tensor:
+        if isinstance(self.level, float):
+            return EXPLODE * max(self.level, self.reference)
+        return EXPLODE * self.level.clamp(min=self.reference)
+
+    def clean(self, losses: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """``losses`` with every bad value replaced by ``fallback`` (the score table keeps no loss of a discarded
+        trajectory as a sample's score)."""
+        good = torch.isfinite(losses) & (losses <= self.threshold())
+        return torch.where(good, losses, fallback)
+
+    def _tripped(self) -> bool:
+        """Whether the flag has been seen set: read at once on a CPU, through a copy read a few steps late on CUDA."""
+        if not isinstance(self.bad, torch.Tensor):
+            return self.bad
+        if self._pending is not None and self._pending[1].query():
+            seen, self._pending = bool(self._pending[0]), None
+            if seen:
+                return True
+        if self._pending is None:
+            host = self.bad.to("cpu", non_blocking=True)
+            arrived = torch.cuda.Event()
+            arrived.record()
+            self._pending = (host, arrived)
+        return False
+
+    def check(self, elapsed: float, pause: Callable[[], Callable[[], None]], final: bool = False) -> str:
+        """At a step boundary: roll back if the flag tripped, else take a snapshot when one is due. ``pause`` is the
+        clock's (it settles the device, so the flag is read for free, and keeps this work out of step timing).
+        ``final`` (training has ended): read the flag now, and roll back if it is set, but take no snapshot.
+        Returns :data:`OK`, :data:`ROLLED_BACK` or :data:`DIVERGED` (the last good state is then restored)."""
+        tripped = self._tripped()
+        if not (tripped or final) and elapsed - self.snapshot_at < self.every_s:
+            return OK
+        resume = pause()
+        try:
+            if tripped or bool(self.bad):
+                return self._roll_back(elapsed)
+            if not final:
+                self.snapshot, self.snapshot_at, self.streak = self.capture(), elapsed, 0
+            return OK
+        finally:
+            resume()
+
+    def _roll_back(self, elapsed: float) -> str:
+        self.restore(self.snapshot)
+        self.bad = self.bad.zero_() if isinstance(self.bad, torch.Tensor) else False
+        self._pending = None
+        self.streak += 1
+        self.rollbacks.append({"time": round(elapsed, 4), "to_time": round(self.snapshot_at, 4)})
+        if self.streak >= self.max_rollbacks:
+            return DIVERGED
+        self.scale_lr(LR_FACTOR)
+        self.snapshot_at = elapsed  # the restored state is the snapshot: the next one is due a period from now
+        return ROLLED_BACK
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"level": float(self.level), "rollbacks": len(self.rollbacks)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if isinstance(self.level, torch.Tensor):
+            self.level.fill_(state["level"])
+        else:
+            self.level = float(state["level"])
