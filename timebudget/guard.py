@@ -8,7 +8,7 @@ where the device-side operations cost over ten times that on a small model's ste
 finite or exceeds ``EXPLODE`` times the larger of its running level and the loss measured at calibration (the level of
 an untrained model: normal batch-to-batch noise never comes near it, an exploding model passes it at once).
 
-Every ``every_s`` seconds (2% of the budget, at most 5 s; charged to the budget, outside step timing) the flag is read
+Every ``every_s`` seconds (2% of the budget, 0.5 to 5 s; charged to the budget, outside step timing) the flag is read
 with the device settled and, if clean, an in-memory snapshot of the training state (model, optimizer, weight average,
 gradient scaler) is taken.
 When the flag trips, the last snapshot is restored, the learning rate is multiplied by ``LR_FACTOR`` and training
@@ -28,13 +28,17 @@ EXPLODE = 100.0  # a loss this many times its running level (or the untrained mo
 LEVEL_MOMENTUM = 0.9  # the running level: an exponential average of the good steps' mean losses
 LR_FACTOR = 0.5
 MAX_ROLLBACKS = 3
-SNAPSHOT_EVERY_S = 5.0  # at most; a short budget snapshots every SNAPSHOT_SHARE of it, so a rollback loses little
+SNAPSHOT_EVERY_S = 5.0  # at most; a short budget snapshots every SNAPSHOT_SHARE of it, so a rollback loses little,
 SNAPSHOT_SHARE = 0.02
+SNAPSHOT_MIN_S = 0.5  # but no more often than this: each snapshot waits for the device's queue to drain
 
 
 def snapshot_interval(budget_s: float, every_s: float | None = None) -> float:
-    """Seconds between snapshots: ``every_s`` when given, else 2% of the budget, at most ``SNAPSHOT_EVERY_S``."""
-    return every_s if every_s is not None else min(SNAPSHOT_EVERY_S, SNAPSHOT_SHARE * budget_s)
+    """Seconds between snapshots: ``every_s`` when given, else 2% of the budget, between ``SNAPSHOT_MIN_S`` and
+    ``SNAPSHOT_EVERY_S``."""
+    if every_s is not None:
+        return every_s
+    return min(SNAPSHOT_EVERY_S, max(SNAPSHOT_MIN_S, SNAPSHOT_SHARE * budget_s))
 
 OK, ROLLED_BACK, DIVERGED = "ok", "rolled_back", "diverged"
 
