@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -151,3 +151,14 @@ def load_checkpoint(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     assert {"model", "optimizer", "steps", "rng"} <= checkpoint.keys()
     assert checkpoint["steps"] == summary["steps"]
     return checkpoint
+
+
+@pytest.fixture(scope="module")
+def warm_one_thread() -> Iterator[None]:
+    """One thread for a module's in-process runs, and torch's optimizer machinery imported before their budgets start
+    (the first optimizer imports torch._dynamo: seconds on a busy machine, which such tests are not about)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,7 @@ training can honestly go on with is a warning line and a note in the summary."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,15 +17,7 @@ from timebudget.errors import TimebudgetError
 from conftest import CliResult
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One thread, and torch's optimizer machinery imported before the runs' budgets start (the first optimizer
-    imports torch._dynamo: seconds on a busy machine, which these tests are not about)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("warm_one_thread")
 
 
 def _npz(path: Path, n: int = 300, classes: int = 3, test_labels: np.ndarray | None = None, **changes: object) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -57,15 +57,7 @@ nan_first = build("nan", 1)
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One thread, and torch's optimizer machinery imported before the runs' budgets start (the first optimizer
-    imports torch._dynamo: seconds on a busy machine, which these tests are not about)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("warm_one_thread")
 
 
 # --- the guard on its own -------------------------------------------------------------------------------------------
