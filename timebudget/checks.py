@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from .data import DataBundle
 
 
-def dataset(bundle: DataBundle, batch: int) -> list[str]:
-    """The checks of a loaded data set that need no pass over lazily loaded inputs; returns the warnings."""
-    warnings = batch_size(batch, len(bundle.train))  # type: ignore[arg-type]
+def dataset(bundle: DataBundle, batch: int | None) -> list[str]:
+    """The checks of a loaded data set that need no pass over lazily loaded inputs; returns the warnings. ``batch``
+    is the batch size asked for (``None``: the default, which fits)."""
+    warnings = batch_size(batch, len(bundle.train)) if batch else []  # type: ignore[arg-type]
     if bundle.task != "classification":
         return warnings
     train, test = _labels(bundle.train), _labels(bundle.test)
@@ -88,7 +89,8 @@ def _span(values: list[int]) -> str:
 
 
 def batch_size(batch: int, n_train: int) -> list[str]:
-    """A batch larger than the training set trains the whole set at every step: honest, but not what was asked."""
+    """A batch larger than the training set is clamped to it: each step trains the whole set, honest but not what
+    was asked."""
     if batch > n_train:
         return [f"batch_size {batch} is larger than the training set ({n_train} samples): every step trains all "
                 f"{n_train}; set --batch-size {n_train} or less to choose the batch yourself"]

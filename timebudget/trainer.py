@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import math
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -241,8 +242,8 @@ class _Run:
             self.bundle = bundle = hooks.subset(bundle)
         self.hooks = hooks
         self.user_lr = config.lr
+        self.warnings = checks.dataset(bundle, config.batch_size)  # the batch asked for, before it is clamped
         self.config = config = resolve_defaults(config, bundle)
-        self.warnings = checks.dataset(bundle, config.batch_size)
         for warning in self.warnings:
             print(f"timebudget: warning: {warning}", file=sys.stderr)
         self.startup.mark("data")
