@@ -193,6 +193,9 @@ def train(
         clock = BudgetClock(config.seconds, start=world.align_start(start, now), now=now,
                             margin_s=config.margin + world.launcher_exit_s)
         world.attach(clock)
+        if config.resume and world.size > 1:  # only rank 0's shard position is saved: a resume would lose the rest
+            raise TimebudgetError("--resume is not supported under torchrun yet (the checkpoint holds rank 0's "
+                                  "position only); resume with a single process: timebudget train --resume RUN_DIR")
         if config.out and not config.resume:
             if (Path(config.out) / "summary.json").exists():
                 raise TimebudgetError(f"--out {config.out!r} already holds a run (summary.json); choose a new folder, "
