@@ -12,6 +12,12 @@ A resumed run (``timebudget train --resume RUN_DIR``) rebuilds the data and mode
 as any run does, then takes the state from here: the learning rate goes on from where it stopped (the clock's progress
 starts at the saved value and reaches 1 at the end of the new window), and by default the new budget is what the
 interrupted part left of its own.
+
+Under torchrun rank 0 writes the one checkpoint, and every rank resumes from it (the run folder must be reachable from
+every rank): the replicas' model and optimizer are identical, the score table is the same everywhere, and all ranks
+stopped after the same step, so the epoch's whole plan and the samples each rank has trained of it (equal on every
+rank) give each rank its shard's position back; the per-rank state (RNG streams, the epoch's losses) is gathered into
+the checkpoint in rank order. A resume with another number of processes is refused in one line.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,18 +66,23 @@ class Cursor:
             self.scores = {key: value.clone() for key, value in self.scores.items()}
 
     def rest(
-        self, batch_size: int, drop_partial: bool, device: torch.device
+        self, batch_size: int, drop_partial: bool, device: torch.device,
+        shard: Callable[[torch.Tensor], torch.Tensor] = lambda order: order, rank: int = 0,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, list[torch.Tensor], int]:
-        """The epoch as the trainer's plan gives it, continued: order, remaining batches, weights, the epoch's losses
-        so far (the trained part's, as one entry) and how many samples that part is."""
-        chunks = sampler.batches(self.order, batch_size, drop_partial)
+        """The epoch as the trainer's plan gives it, continued: this rank's order (its ``shard`` of the epoch's),
+        remaining batches, weights, the epoch's losses so far (the trained part's, as one entry) and how many samples
+        that part is. ``order`` is the whole epoch's and ``losses`` every rank's trained part in rank order, ``done``
+        samples each."""
+        order = shard(self.order)
+        chunks = sampler.batches(order, batch_size, drop_partial)
         skip = trained = 0
         while trained < self.done:
             trained += len(chunks[skip])
             skip += 1
-        losses = [torch.as_tensor(self.losses).to(device)] if self.done else []
+        mine = torch.as_tensor(self.losses)[rank * self.done:(rank + 1) * self.done]
+        losses = [mine.to(device)] if self.done else []
         weights = self.weights.to(device) if self.weights is not None else None
-        return self.order, chunks[skip:], weights, losses, self.done
+        return order, chunks[skip:], weights, losses, self.done
 
     def to_dict(self) -> dict[str, Any]:
         weights = None if self.weights is None else self.weights.cpu()
@@ -114,17 +125,29 @@ def restore_training(run: _Run, state: Mapping[str, Any]) -> None:
         run.scaler.load_state_dict(state["scaler"])
 
 
+def rank_state(run: _Run, bad: bool = False) -> dict[str, Any]:
+    """What differs between the ranks of a torchrun job and a checkpoint keeps per rank: the global and augmentation
+    RNG streams (this rank's device's), and whether the divergence guard has seen a bad loss (``bad``)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "augment": run.aug_gen.get_state(), "bad": bad}
+    if run.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
 def run_state(run: _Run, cursor: Cursor | None = None) -> dict[str, Any]:
     """The whole run as ``checkpoint.pt`` stores it."""
     rng: dict[str, Any] = {"torch": torch.get_rng_state(), "order": run.order_gen.get_state(),
                            "augment": run.aug_gen.get_state()}
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    if run.world.size > 1 and run.rank_states is not None:  # every rank's own streams, in rank order
+        rng["ranks"] = [{k: v for k, v in state.items() if k != "bad"} for state in run.rank_states]
     bundle, clock = run.bundle, run.clock
     training = training_state(run) if run.averaged is not None else None
     progress = run.stop_progress if run.stop_progress is not None else clock.progress()
     return {
         "format": FORMAT,
+        "world_size": run.world.size,
         "model": run.final_model().state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "trained_model": None if training is None else training["model"],
@@ -242,6 +265,18 @@ def resume_config(config: Config) -> tuple[Config, dict[str, Any]]:
     return resumed.validate(), state
 
 
+def check_world(config: Config, state: dict[str, Any], size: int) -> None:
+    """Refuse, in one line, a resume with another number of processes than the run was trained by: each rank's
+    position is its shard of the epoch, which depends on that number."""
+    saved = state.get("world_size", 1)
+    if saved != size:
+        def launch(n: int) -> str:
+            return "one process (no torchrun)" if n == 1 else f"{n} processes (torchrun --nproc_per_node {n})"
+
+        raise TimebudgetError(f"--resume {str(config.resume)!r}: the run was trained by {launch(saved)} and this "
+                              f"launch has {size}; resume it with the same number: {launch(saved)}")
+
+
 def restore(run: _Run, state: dict[str, Any]) -> None:
     """Put the saved state into a freshly set-up and calibrated run, after checking it belongs to this data and
     model."""
@@ -264,11 +299,18 @@ def restore(run: _Run, state: dict[str, Any]) -> None:
     if run.guard is not None and state["guard"] is not None:
         run.guard.load_state_dict(state["guard"])
     rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    run.order_gen.set_state(rng["order"])
-    run.aug_gen.set_state(rng["augment"])
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    run.order_gen.set_state(rng["order"])  # the plan's: the same on every rank
+    if "ranks" in rng:  # under torchrun: this rank's own streams
+        mine = rng["ranks"][run.world.rank]
+        torch.set_rng_state(mine["torch"])
+        run.aug_gen.set_state(mine["augment"])
+        if device.type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], device)
+    else:
+        torch.set_rng_state(rng["torch"])
+        run.aug_gen.set_state(rng["augment"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state_all(rng["cuda"])
     run.schedule.base_lr = state["schedule"]["base_lr"]
     run.clock.progress_from = state["schedule"]["progress"]
     run.clock.train_s = state["train_s"]

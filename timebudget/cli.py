@@ -196,9 +196,13 @@ def _train(args: argparse.Namespace) -> int:
     stop_watching()
     s = result.summary
     if s["status"] == "interrupted":
-        print(f"timebudget: interrupted by {s['signal']} at step {s['steps']}; saved in {result.out_dir}; continue "
-              f"with: timebudget train --resume {result.out_dir}", file=sys.stderr)
+        launch = f" under torchrun with {s['world_size']} processes" if s.get("world_size", 1) > 1 else ""
+        if result.is_writer:  # under torchrun: one line, rank 0's
+            print(f"timebudget: interrupted by {s['signal']} at step {s['steps']}; saved in {result.out_dir}; continue "
+                  f"with: timebudget train --resume {result.out_dir}{launch}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if s["status"] == "diverged" and not result.is_writer:
+        return EXIT_DIVERGED
     if s["status"] == "diverged":
         why = (f"the loss diverged: rolling back to the last good state with a lower learning rate did not help "
                f"({len(s['rollbacks'])} rollbacks); that state is saved in {result.out_dir}; try a lower --lr"

@@ -8,9 +8,11 @@ order:
 
 - **one deadline**: the budget counts from torchrun's own start (the workers' parent process), aligned across ranks
   and machines to the earliest launch (:meth:`Group.align_start`);
-- **one step, one stop**: after each step one small all-reduce on the CPU (:meth:`Group.agree_stop`) stops every rank
-  when any rank's clock (or a signal) says stop, and carries rank 0's fraction of the window, from which every rank
-  sets the same learning rate for the next step, so the replicas stay identical;
+- **one step, one stop**: after each step one small all-reduce on the CPU (:meth:`Group.agree`) stops every rank
+  when any rank's clock (or a signal) says stop, rolls every rank back when any rank's divergence guard saw a bad
+  loss, and carries rank 0's fraction of the window (from which every rank sets the same learning rate for the next
+  step) and rank 0's time-based decisions (the guard's snapshot, a resumable checkpoint), so the replicas stay
+  identical;
 - **one plan**: every rank computes the epoch plan from the same score table (losses all-gathered once per epoch,
   :meth:`Group.all_gather_losses`), the same seeded generator and rank 0's time (:meth:`Group.from_writer`); a
   fingerprint check (:meth:`Group.agree_plan`) replaces a plan that still differs (a strategy that decides from its
@@ -27,11 +29,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal as signals
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -64,6 +67,17 @@ def launch_start(own_start: float, now: Callable[[], float] = time.monotonic) ->
     return min(own_start, process_start_time(now, os.getppid()))
 
 
+class Votes(NamedTuple):
+    """What all ranks agreed after a step: ``stop`` and ``bad`` are true when any rank's are, ``signal`` is a stop
+    signal any rank received (``None``: none), ``snapshot`` and ``save`` are rank 0's (decisions taken by its clock)."""
+
+    stop: bool
+    signal: str | None = None
+    bad: bool = False
+    snapshot: bool = False
+    save: bool = False
+
+
 class World:
     """One process: every method is the identity, and the run is exactly the single-process run."""
 
@@ -71,6 +85,7 @@ class World:
     rank = 0
     backend: str | None = None
     launcher_exit_s = 0.0  # time the launcher needs to exit after this process, kept free at the end of the budget
+    signal: str | None = None  # a stop signal any rank received, as the last agreement carried it
 
     @property
     def is_writer(self) -> bool:
@@ -101,13 +116,29 @@ class World:
         """The fraction of the window the next step trains at: the same number on every rank."""
         return local
 
+    def agree(
+        self, stop: bool, signal: str | None = None, bad: bool = False, snapshot: bool = False, save: bool = False
+    ) -> Votes:
+        """This rank's votes after a step, agreed with every other rank's (see :class:`Votes`); a stop signal on any
+        rank stops all of them."""
+        self.signal = self.signal or signal
+        return Votes(stop or self.signal is not None, self.signal, bad, snapshot, save)
+
     def agree_stop(self, local_stop: bool) -> bool:
         """Whether every rank stops now: true when any rank's ``local_stop`` is."""
-        return local_stop
+        return self.agree(local_stop).stop
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        return flag
 
     def gather(self, *values: float) -> list[tuple[float, ...]]:
         """Every rank's ``values``, in rank order, on every rank."""
         return [tuple(float(v) for v in values)]
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable: per-rank state for a checkpoint), in rank order, on every rank."""
+        return [value]
 
     def from_writer(self, *values: float) -> tuple[float, ...]:
         """Rank 0's ``values`` on every rank (decisions that depend on time are rank 0's)."""
@@ -178,7 +209,7 @@ class Group(World):
         if backend == "nccl":
             self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
         self.clock: BudgetClock | None = None
-        self._agreed = torch.zeros(2, dtype=torch.float64)
+        self._agreed = torch.zeros(6, dtype=torch.float64)
         self._progress: float | None = None
 
     # --- set-up ----------------------------------------------------------------------------------------------
@@ -220,13 +251,26 @@ class Group(World):
             raise RuntimeError("distributed: no agreed progress yet (agree_plan must run before the first step)")
         return self._progress
 
-    def agree_stop(self, local_stop: bool) -> bool:
-        """One all-reduce (max) of two numbers: the stop votes, and rank 0's progress (the others send -1)."""
-        self._agreed[0] = float(local_stop)
-        self._agreed[1] = self._writer_progress()
-        self.dist.all_reduce(self._agreed, op=self.dist.ReduceOp.MAX, group=self.control)
-        self._progress = float(self._agreed[1])
-        return bool(self._agreed[0] > 0)
+    def agree(
+        self, stop: bool, signal: str | None = None, bad: bool = False, snapshot: bool = False, save: bool = False
+    ) -> Votes:
+        """One all-reduce (max) of six numbers: the stop votes, the signals' numbers, the guard's flags, rank 0's
+        progress (the others send -1) and rank 0's two decisions (the others send 0)."""
+        writer = self.is_writer
+        agreed = self._agreed
+        agreed[0], agreed[1], agreed[2] = float(stop), float(signals.Signals[signal]) if signal else 0.0, float(bad)
+        agreed[3] = self._writer_progress()
+        agreed[4], agreed[5] = float(writer and snapshot), float(writer and save)
+        self.dist.all_reduce(agreed, op=self.dist.ReduceOp.MAX, group=self.control)
+        stop, number, bad, self._progress, snapshot, save = agreed.tolist()
+        if number and self.signal is None:
+            self.signal = signals.Signals(int(number)).name
+        return Votes(stop > 0 or self.signal is not None, self.signal, bad > 0, snapshot > 0, save > 0)
+
+    def any(self, flag: bool) -> bool:
+        vote = torch.tensor([float(flag)], dtype=torch.float64)
+        self.dist.all_reduce(vote, op=self.dist.ReduceOp.MAX, group=self.control)
+        return bool(vote[0] > 0)
 
     def _writer_progress(self) -> float:
         if not self.is_writer:
@@ -241,6 +285,11 @@ class Group(World):
         rows = [torch.empty_like(mine) for _ in range(self.size)]
         self.dist.all_gather(rows, mine, group=self.control)
         return [tuple(row.tolist()) for row in rows]
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        rows: list[Any] = [None] * self.size
+        self.dist.all_gather_object(rows, value, group=self.control)
+        return rows
 
     def agree_plan(
         self, order: torch.Tensor, weights: torch.Tensor | None, refresh: torch.Tensor | None

@@ -15,6 +15,12 @@ When the flag trips, the last snapshot is restored, the learning rate is multipl
 goes on; after ``MAX_ROLLBACKS`` rollbacks with no good snapshot between them the run is declared diverged, stops,
 and is saved in its last good state. The snapshot lives on the training device: it doubles the memory the model and
 optimizer state take, in exchange for a restore that costs microseconds instead of a trip to the host.
+
+Under torchrun the decisions are collective, so the DDP replicas stay identical: the trainer folds each rank's
+:meth:`DivergenceGuard.tripped` and rank 0's :meth:`DivergenceGuard.due` into the per-step agreement it already makes
+(no extra collective per step) and passes the agreed values to :meth:`DivergenceGuard.check`; every rank then rolls
+back, or snapshots, after the same step. A bad loss on one rank is a bad step on all of them (DDP averages its
+gradients into every replica). The settled read at a snapshot on CUDA, and the final check, ask ``any_rank``.
 """
 from __future__ import annotations
 
@@ -59,8 +65,9 @@ class DivergenceGuard:
         scale_lr: Callable[[float], None],
         every_s: float = SNAPSHOT_EVERY_S,
         max_rollbacks: int = MAX_ROLLBACKS,
+        any_rank: Callable[[bool], bool] = bool,
     ) -> None:
-        self.capture, self.restore, self.scale_lr = capture, restore, scale_lr
+        self.capture, self.restore, self.scale_lr, self.any_rank = capture, restore, scale_lr, any_rank
         self.every_s, self.max_rollbacks = every_s, max_rollbacks
         self.on_host = device.type != "cuda"
         self.reference = abs(initial_loss) if math.isfinite(initial_loss) else 1.0
@@ -104,7 +111,11 @@ class DivergenceGuard:
         good = torch.isfinite(losses) & (losses <= self.threshold())
         return torch.where(good, losses, fallback)
 
-    def _tripped(self) -> bool:
+    def due(self, elapsed: float) -> bool:
+        """Whether a snapshot is due at ``elapsed``."""
+        return elapsed - self.snapshot_at >= self.every_s
+
+    def tripped(self) -> bool:
         """Whether the flag has been seen set: read at once on a CPU, through a copy read a few steps late on CUDA."""
         if not isinstance(self.bad, torch.Tensor):
             return self.bad
@@ -119,17 +130,26 @@ class DivergenceGuard:
             self._pending = (host, arrived)
         return False
 
-    def check(self, elapsed: float, pause: Callable[[], Callable[[], None]], final: bool = False) -> str:
+    def check(
+        self, elapsed: float, pause: Callable[[], Callable[[], None]], final: bool = False,
+        tripped: bool | None = None, due: bool | None = None,
+    ) -> str:
         """At a step boundary: roll back if the flag tripped, else take a snapshot when one is due. ``pause`` is the
         clock's (it settles the device, so the flag is read for free, and keeps this work out of step timing).
-        ``final`` (training has ended): read the flag now, and roll back if it is set, but take no snapshot.
+        ``final`` (training has ended): read the flag now, and roll back if it is set on any rank, but take no
+        snapshot. ``tripped`` and ``due``, when given, are the ranks' agreed :meth:`tripped` and :meth:`due`.
         Returns :data:`OK`, :data:`ROLLED_BACK` or :data:`DIVERGED` (the last good state is then restored)."""
-        tripped = self._tripped()
-        if not (tripped or final) and elapsed - self.snapshot_at < self.every_s:
+        tripped = self.tripped() if tripped is None else tripped
+        due = self.due(elapsed) if due is None else due
+        if not (tripped or final or due):
             return OK
         resume = pause()
         try:
-            if tripped or bool(self.bad):
+            if final:  # every rank checks, each with its own flag read now
+                settled = self.any_rank(tripped or bool(self.bad))
+            else:  # ``tripped`` is agreed; on a CPU it is the flag itself, on CUDA the flag is read now, settled
+                settled = tripped or (not self.on_host and self.any_rank(bool(self.bad)))
+            if settled:
                 return self._roll_back(elapsed)
             if not final:
                 self.snapshot, self.snapshot_at, self.streak = self.capture(), elapsed, 0

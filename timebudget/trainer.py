@@ -193,9 +193,8 @@ def train(
         clock = BudgetClock(config.seconds, start=world.align_start(start, now), now=now,
                             margin_s=config.margin + world.launcher_exit_s)
         world.attach(clock)
-        if config.resume and world.size > 1:  # only rank 0's shard position is saved: a resume would lose the rest
-            raise TimebudgetError("--resume is not supported under torchrun yet (the checkpoint holds rank 0's "
-                                  "position only); resume with a single process: timebudget train --resume RUN_DIR")
+        if state is not None:
+            checkpoint.check_world(config, state, world.size)
         if config.out and not config.resume:
             if (Path(config.out) / "summary.json").exists():
                 raise TimebudgetError(f"--out {config.out!r} already holds a run (summary.json); choose a new folder, "
@@ -295,6 +294,8 @@ class _Run:
         self.outcome, self.signal = "running", None  # completed, interrupted (by signal) or diverged at the end
         self.guard: guard.DivergenceGuard | None = None
         self.cursor: checkpoint.Cursor | None = None  # the epoch in progress, when training stopped within it
+        self.epoch_order = torch.empty(0, dtype=torch.long)  # the epoch's whole plan, before sharding
+        self.rank_states: list[dict[str, Any]] | None = None  # every rank's own state, gathered for a checkpoint
         self.stop_progress: float | None = None
         self.parts: list[dict[str, Any]] = []  # the earlier parts of a resumed run
         self.part_start = (0, 0, 0.0)  # steps, samples and training seconds when this part began
@@ -365,7 +366,8 @@ class _Run:
             )
         self.guard = guard.DivergenceGuard(initial_loss, self.device, lambda: checkpoint.training_state(self),
                                            lambda state: checkpoint.restore_training(self, state), self.scale_lr,
-                                           every_s=guard.snapshot_interval(config.seconds, config.snapshot_every))
+                                           every_s=guard.snapshot_interval(config.seconds, config.snapshot_every),
+                                           any_rank=self.world.any)
         test_chunks = math.ceil(len(self.test_batches) / self.eval_batch)
         probe_batches = min(test_chunks, 2)
         self.test_metrics(max_batches=1)  # warm: the first evaluation pays for allocations and kernel selection
@@ -467,7 +469,7 @@ class _Run:
         resumable_every = checkpoint.interval(config) if self.world.is_writer else 0.0
         next_resumable = clock.elapsed() if resumable_every else math.inf  # the first at once: a kill finds one
         self.guard.start(clock.elapsed())
-        stop = self.world.agree_stop(clock.should_stop() or self.preemption.requested)
+        stop = self.world.agree(clock.should_stop(), self.preemption.signal).stop
         while not stop:
             # per step; joined per log record and per epoch, not copied per step (a resumed epoch starts with its
             # trained part's losses as one entry)
@@ -491,30 +493,33 @@ class _Run:
                     self.log_step(lr, torch.cat(epoch_losses[logged:]))
                     logged = len(epoch_losses)
                 view.tick(losses)
-                local_stop = clock.step_done() or self.preemption.requested or self.guarded()
-                if not local_stop:
-                    if self.tail_probe.load_changed(slowdown := clock.slowdown()):
-                        self.retime_tail(slowdown)
-                    if p >= next_checkpoint:
-                        if self.world.is_writer:
-                            resume = clock.pause()
-                            artifacts.save_torch(self.checkpoint_dir / f"step_{self.steps:08d}.pt", self.checkpoint())
-                            resume()
-                        next_checkpoint += checkpoint_every
-                    if clock.elapsed() >= next_resumable:
-                        self.save_resumable(checkpoint.Cursor(self.epochs, order, weights, epoch_losses, done))
-                        next_resumable = clock.elapsed() + resumable_every
-                    if self.world.is_writer and clock.elapsed() >= next_eval:
-                        self.last_eval = self.periodic_eval() or self.last_eval
-                        next_eval = clock.elapsed() + config.eval_every
-                if self.world.agree_stop(local_stop):  # one small collective under torchrun: all ranks stop alike
+                # one small collective under torchrun: all ranks stop, roll back, snapshot and save alike
+                votes = self.world.agree(clock.step_done(), self.preemption.signal, self.guard.tripped(),
+                                         self.guard.due(clock.elapsed()),
+                                         clock.elapsed() >= next_resumable and self.save_fits())
+                if votes.stop or self.guarded(votes):
                     stop = True
                     break
+                if self.tail_probe.load_changed(slowdown := clock.slowdown()):
+                    self.retime_tail(slowdown)
+                if p >= next_checkpoint:
+                    if self.world.is_writer:
+                        resume = clock.pause()
+                        artifacts.save_torch(self.checkpoint_dir / f"step_{self.steps:08d}.pt", self.checkpoint())
+                        resume()
+                    next_checkpoint += checkpoint_every
+                if votes.save:
+                    self.save_resumable(order, weights, epoch_losses, done)
+                    next_resumable = clock.elapsed() + resumable_every
+                if self.world.is_writer and clock.elapsed() >= next_eval:
+                    self.last_eval = self.periodic_eval() or self.last_eval
+                    next_eval = clock.elapsed() + config.eval_every
             t0 = now()
             joined = torch.cat(epoch_losses) if epoch_losses else torch.empty(0, device=device)
+            index, joined = self.world.all_gather_losses(order[:done], joined)  # this rank's part is order[:done]
             if stop:  # within the epoch: a resume continues it, with the score table as it was before it
-                self.cursor = checkpoint.Cursor(self.epochs, order, weights, [joined], done, self.scores.state_dict())
-            index, joined = self.world.all_gather_losses(order[:done], joined)
+                self.cursor = checkpoint.Cursor(self.epochs, self.epoch_order, weights, [joined], done,
+                                                self.scores.state_dict())
             index = index.to(device, non_blocking=True)
             self.scores.record(index, self.guard.clean(joined, self.scores.average[index]), self.steps)
             self.seconds_scoring += now() - t0
@@ -523,19 +528,20 @@ class _Run:
             self.write_step_log()
             self.epochs += 1
             self.log.flush()
-            stop = self.world.agree_stop(stop or clock.should_stop() or self.preemption.requested)
+            stop = self.world.agree(stop or clock.should_stop(), self.preemption.signal).stop
         clock.stop_training()
         if self.outcome == "running" and not self.guarded(final=True):
-            self.signal = self.preemption.signal
+            self.signal = self.world.signal  # any rank's: all stopped for it
             self.outcome = "interrupted" if self.signal else "completed"
         self.stopped_at, self.stop_progress = now(), clock.progress()
         self.log.flush()
 
-    def guarded(self, final: bool = False) -> bool:
-        """The divergence guard's check at a step boundary (``final``: at the end of training); True when the run has
-        diverged, its last good state restored."""
+    def guarded(self, votes: distributed.Votes | None = None, final: bool = False) -> bool:
+        """The divergence guard's check at a step boundary, with the ranks' agreed ``votes`` (``final``: at the end of
+        training); True when the run has diverged, its last good state restored."""
         clock = self.clock
-        verdict = self.guard.check(clock.elapsed(), clock.pause, final)
+        tripped, due = (votes.bad, votes.snapshot) if votes is not None else (None, None)
+        verdict = self.guard.check(clock.elapsed(), clock.pause, final, tripped, due)
         if verdict != guard.OK:
             self.log.write({"event": "rollback", "step": self.steps, "time": round(clock.elapsed(), 4),
                             "lr_scale": self.schedule.base_lr / self.config.lr, "diverged": verdict == guard.DIVERGED})
@@ -546,15 +552,24 @@ class _Run:
     def scale_lr(self, factor: float) -> None:
         self.schedule.base_lr *= factor
 
-    def save_resumable(self, cursor: checkpoint.Cursor) -> None:
-        """A crash-safe checkpoint (``checkpoint_every``), when it fits before the tail and the guard has seen no bad
-        loss since its last check; its cost is wall time, so it is charged to the budget."""
+    def save_fits(self) -> bool:
+        """Whether a resumable checkpoint fits before the tail (rank 0's clock decides for all ranks)."""
         clock = self.clock
-        if clock.now() + self.save_s * clock.load + clock.step_estimate() > clock.window_end:
-            return
+        return clock.now() + self.save_s * clock.load + clock.step_estimate() <= clock.window_end
+
+    def save_resumable(self, order: torch.Tensor, weights: torch.Tensor | None, epoch_losses: list[torch.Tensor],
+                       done: int) -> None:
+        """A crash-safe checkpoint (``checkpoint_every``) of the epoch in progress (this rank's ``order`` trained up
+        to ``done``), unless the guard has seen a bad loss since its last check; its cost is wall time, so it is
+        charged to the budget. Every rank calls it (the ranks' losses and states are gathered); rank 0 writes."""
+        clock = self.clock
         resume = clock.pause()
         t0 = clock.now()
-        if self.world.is_writer and not bool(self.guard.bad):
+        losses = torch.cat(epoch_losses) if epoch_losses else torch.empty(0, device=self.device)
+        _, losses = self.world.all_gather_losses(order[:done], losses)
+        cursor = checkpoint.Cursor(self.epochs, self.epoch_order, weights, losses, done)  # every rank's losses
+        self.rank_states = self.world.gather_objects(checkpoint.rank_state(self, bool(self.guard.bad)))
+        if self.world.is_writer and not any(state["bad"] for state in self.rank_states):
             with checks.writing(self.out_dir):
                 artifacts.save_torch(self.out_dir / checkpoint.NAME, self.checkpoint(cursor))
             self.checkpoint_s += clock.now() - t0
@@ -569,7 +584,8 @@ class _Run:
         same scores and rank 0's time, and trains its equal shard of the subset."""
         if self.cursor is not None:  # a resumed run first ends the epoch it stopped in
             cursor, self.cursor = self.cursor, None
-            return cursor.rest(self.rank_batch, self.drop_partial, self.device)
+            self.epoch_order = cursor.order
+            return cursor.rest(self.rank_batch, self.drop_partial, self.device, self.world.shard, self.world.rank)
         clock, n = self.clock, self.n
         resume = clock.pause()
         t0 = self.now()
@@ -586,7 +602,7 @@ class _Run:
         order, plan.weights, plan.refresh, replaced = self.world.agree_plan(order, plan.weights, plan.refresh)
         if plan.refresh is not None and len(plan.refresh):
             self.refresh(plan.refresh, room)
-        kept = len(order)
+        kept, self.epoch_order = len(order), order  # the whole plan, before sharding: what a checkpoint keeps
         order = self.world.shard(order)
         chunks = sampler.batches(order, self.rank_batch, self.drop_partial)
         weights = plan.weights.to(self.device) if plan.weights is not None else None
@@ -680,6 +696,7 @@ class _Run:
     def finish(self) -> TrainResult:
         config, clock, n = self.config, self.clock, self.n
         world = self.world.summary(self.steps, self.samples // self.world.size, clock.train_s)
+        self.rank_states = self.world.gather_objects(checkpoint.rank_state(self))  # for rank 0's checkpoint
         if not self.world.is_writer:  # under torchrun: the tail is rank 0's
             summary = {"steps": self.steps, "status": self.outcome, "signal": self.signal,
                        "rollbacks": self.guard.rollbacks, **world}
