@@ -1,14 +1,18 @@
 """torchrun: real gloo processes on the CPU, one thread each.
 
 One 2-process ``torchrun`` run, shared by several tests, trains the ``selective`` strategy (scores, subsets, weights
-and refreshes) on a user dataset that records, per rank, every sample index it hands out with gradients on: so the
-tests see what each rank really trained. Two more runs start the two workers by hand (torchrun's environment, no
-agent that would tear the job down for them) to show that a rank killed or stopped mid-run makes the other exit with
-one line in bounded time. The :class:`~timebudget.distributed.Group` methods are checked in two spawned gloo processes.
+and refreshes) on a user dataset that records, per rank, every sample index it hands out with gradients on, and a user
+model that records a checksum of its parameters at every training step and outputs NaN at one step on rank 1 only:
+so the tests see what each rank really trained, and that both replicas rolled back together. Another run is stopped
+by SIGTERM to torchrun and resumed by two processes. Two more runs start the two workers by hand (torchrun's
+environment, no agent that would tear the job down for them) to show that a rank killed or stopped mid-run makes the
+other exit with one line in bounded time. The :class:`~timebudget.distributed.Group` methods are checked in two
+spawned gloo processes.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -63,16 +67,78 @@ RECORDING_DATA = """
         return Recording(%d, 0, f"records-{os.environ.get('RANK', '0')}.txt"), Recording(200, 1)
 """ % N_TRAIN
 
+NAN_AT = 60  # the training forward (calibration's two steps are the first two) that outputs NaN on rank 1
+
+# A user model (module:function): an MLP that appends "call checksum" to params-<rank>.txt at every training forward
+# (the sum of its parameters, in float64) and, on rank 1 only, outputs NaN at its NAN_AT-th training forward.
+FAULTY_MODEL = """
+    import os
+    import torch
+    from torch import nn
+
+    class OneRankNaN(nn.Module):
+        def __init__(self, features, num_outputs):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, num_outputs))
+            self.rank, self.calls = os.environ.get("RANK", "0"), 0
+            self.log = open(f"params-{self.rank}.txt", "a", buffering=1)
+
+        def forward(self, x):
+            out = self.body(x)
+            if self.training:
+                self.calls += 1
+                with torch.no_grad():
+                    total = sum(float(p.double().sum()) for p in self.parameters())
+                self.log.write(f"{self.calls} {total!r}\\n")
+                if self.rank == "1" and self.calls == %d:
+                    out = out * float("nan")
+            return out
+
+    def nan_on_rank1(input_shape, num_outputs):
+        return OneRankNaN(int(torch.tensor(input_shape).prod()), num_outputs)
+""" % NAN_AT
+
 
 def _env(**extra: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **extra}
 
 
-def _train_args(out: str, budget: float) -> list[str]:
-    return ["train", "--seconds", str(budget), "--data", "recording:make", "--model", "mlp", "--strategy", "selective",
+def _train_args(out: str, budget: float, model: str = "mlp") -> list[str]:
+    return ["train", "--seconds", str(budget), "--data", "recording:make", "--model", model, "--strategy", "selective",
             "--keep-fraction", "0.5", "--batch-size", str(BATCH), "--out", out, "--quiet",
             "--set", "data_path=loader", "--set", "select_warmup=0.05", "--set", "log_every=5"]
+
+
+def _torchrun(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "timebudget",
+            *args]
+
+
+def _trained(lines: list[str]) -> list[int]:
+    """The indices one process trained, from its records: lines read with gradients on, less the first item the
+    loader looks at and the calibration batch."""
+    trained = [int(line.split()[0]) for line in lines if line.endswith(" 1")]
+    return trained[1 + BATCH // 2:]
+
+
+def _check_shards(out: Path, trained: list[list[int]]) -> None:
+    """Each epoch's subset is the same on both ranks (no plan had to be replaced by rank 0's) and each rank trained its
+    own half of it, ``trained[rank]`` in order: disjoint shards of equal size, together the whole subset."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert not any(r.get("plan_replaced_by_rank0") for r in epochs)
+    start = count = 0
+    for epoch in epochs:
+        shard = epoch["kept"] // 2
+        count = sum(len(c) for c in sampler.batches(torch.arange(shard), BATCH // 2))
+        parts = [set(ranks[start:start + count]) for ranks in trained]
+        if not parts[0]:
+            break  # the run stopped before this epoch trained
+        assert len(parts[0]) == len(parts[1]) == len(trained[0][start:start + count])  # no repeats within a shard
+        assert not parts[0] & parts[1]
+        start += count
+    assert start >= len(trained[0]) - count  # every trained sample was accounted for by an epoch
 
 
 @dataclass
@@ -83,19 +149,16 @@ class TorchrunRun:
     wall_s: float
 
     def records(self, rank: int) -> list[int]:
-        """The indices ``rank`` trained, in order: lines read with gradients on, less the first item the loader
-        looks at and the calibration batch."""
-        lines = (self.cwd / f"records-{rank}.txt").read_text().split("\n")
-        trained = [int(line.split()[0]) for line in lines if line.endswith(" 1")]
-        return trained[1 + BATCH // 2:]
+        """The indices ``rank`` trained, in order."""
+        return _trained((self.cwd / f"records-{rank}.txt").read_text().splitlines())
 
 
 @pytest.fixture(scope="module")
 def torchrun_run(tmp_path_factory: pytest.TempPathFactory) -> TorchrunRun:
     cwd = tmp_path_factory.mktemp("torchrun")
     (cwd / "recording.py").write_text(textwrap.dedent(RECORDING_DATA))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "timebudget", *_train_args("run", BUDGET)]
+    (cwd / "faulty.py").write_text(textwrap.dedent(FAULTY_MODEL))
+    cmd = _torchrun(_train_args("run", BUDGET, "faulty:nan_on_rank1"))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=BUDGET + 60)
     wall_s = time.perf_counter() - t0
@@ -122,32 +185,94 @@ def test_both_ranks_stop_after_the_same_step(torchrun_run: TorchrunRun) -> None:
 
 
 def test_every_epoch_is_one_plan_split_into_disjoint_equal_shards(torchrun_run: TorchrunRun) -> None:
-    """Each epoch's subset is the same on both ranks (no plan had to be replaced by rank 0's) and each rank trains its
-    own half of it: disjoint shards of equal size, together the whole subset."""
     records = [json.loads(line) for line in (torchrun_run.out / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in records if r["event"] == "epoch"]
-    assert not any(r.get("plan_replaced_by_rank0") for r in epochs)
-    assert {r["phase"] for r in epochs} >= {"warmup", "select"}
-    trained = [torchrun_run.records(0), torchrun_run.records(1)]
-    start = 0
-    for epoch in epochs:
-        shard = epoch["kept"] // 2
-        count = sum(len(c) for c in sampler.batches(torch.arange(shard), BATCH // 2))
-        parts = [set(ranks[start:start + count]) for ranks in trained]
-        if not parts[0]:
-            break  # the run stopped before this epoch trained
-        assert len(parts[0]) == len(parts[1]) == len(trained[0][start:start + count])  # no repeats within a shard
-        assert not parts[0] & parts[1]
-        start += count
-    assert start >= len(trained[0]) - count  # every trained sample was accounted for by an epoch
+    assert {r["phase"] for r in records if r["event"] == "epoch"} >= {"warmup", "select"}
+    _check_shards(torchrun_run.out, [torchrun_run.records(0), torchrun_run.records(1)])
+
+
+def test_a_nan_on_one_rank_rolls_both_replicas_back_after_the_same_step(torchrun_run: TorchrunRun) -> None:
+    """Rank 1 alone saw the NaN loss; both ranks rolled back after that step (the guard's flag is agreed), so their
+    parameters are identical at every training step, before and after, and finite after the rollback."""
+    summary = json.loads((torchrun_run.out / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["rollbacks"]) == 1
+    checksums = [[line.split() for line in (torchrun_run.cwd / f"params-{r}.txt").read_text().splitlines()]
+                 for r in (0, 1)]
+    assert checksums[0] == checksums[1] and len(checksums[0]) > NAN_AT + 10
+    values = [float(total) for _, total in checksums[0]]
+    assert all(math.isfinite(v) for v in values)  # the NaN step's update never reached a forward
+    assert values[NAN_AT] in values[2:NAN_AT]  # the step after it starts from a snapshot taken before it
+    record = next(json.loads(line) for line in (torchrun_run.out / "metrics.jsonl").read_text().splitlines()
+                  if '"rollback"' in line)
+    assert record["step"] == NAN_AT - 2 and not record["diverged"]
 
 
 def test_only_rank_zero_writes(torchrun_run: TorchrunRun) -> None:
     assert sorted(p.name for p in torchrun_run.cwd.iterdir() if p.name != "__pycache__") == [
-        "recording.py", "records-0.txt", "records-1.txt", "run"]
+        "faulty.py", "params-0.txt", "params-1.txt", "recording.py", "records-0.txt", "records-1.txt", "run"]
     assert sorted(p.name for p in torchrun_run.out.iterdir()) == [
         "checkpoint.pt", "config.yaml", "metrics.jsonl", "scores.pt", "summary.json"]
     assert torchrun_run.proc.stdout == ""  # --quiet on rank 0, and the other rank is always quiet
+
+
+# --- SIGTERM to torchrun, and a resume with two processes ----------------------------------------------------------
+RESUME_BUDGET = 60.0  # the resumed part gets what the first left: two start-ups of two workers, and some training
+
+
+def test_sigterm_to_torchrun_saves_the_run_and_two_processes_resume_it(tmp_path: Path) -> None:
+    """torchrun passes SIGTERM to its workers; all ranks stop after the same step and rank 0 saves the run as
+    interrupted. One process may not resume it (one line); two do, each from its own shard's position, within what
+    the first part left of the budget, and together they train every epoch's subset exactly once."""
+    (tmp_path / "recording.py").write_text(textwrap.dedent(RECORDING_DATA))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun(_train_args("run", RESUME_BUDGET)), cwd=tmp_path, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_training(tmp_path, [proc])
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    first = json.loads((out / "summary.json").read_text())
+    assert (first["status"], first["signal"]) == ("interrupted", "SIGTERM"), err[-3000:]
+    assert first["rank_steps"] == [first["steps"]] * 2 and first["steps"] > 0
+    assert err.count("timebudget: interrupted by SIGTERM") == 1  # rank 0's line only
+    lines = [(tmp_path / f"records-{r}.txt").read_text().splitlines() for r in (0, 1)]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["cursor"] is not None  # it stopped within an epoch
+    cursor = state["cursor"]
+    assert len(cursor["losses"]) == 2 * cursor["done"] and len(cursor["order"]) >= 2 * cursor["done"]
+    streams = [rank["augment"] for rank in state["rng"]["ranks"]]  # each rank's own augmentation stream
+    assert len(streams) == 2 and not torch.equal(*streams)
+
+    alone = subprocess.run([sys.executable, "-m", "timebudget", "train", "--resume", "run"], cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and alone.stderr.strip().splitlines() == [
+        "timebudget: error: --resume 'run': the run was trained by 2 processes (torchrun --nproc_per_node 2) and this "
+        "launch has 1; resume it with the same number: 2 processes (torchrun --nproc_per_node 2)"]
+    assert json.loads((out / "summary.json").read_text()) == first
+
+    t0 = time.perf_counter()
+    resumed = subprocess.run(_torchrun(["train", "--resume", "run", "--quiet"]), cwd=tmp_path, env=_env(),
+                             capture_output=True, text=True, timeout=RESUME_BUDGET + 60)
+    wall_s = time.perf_counter() - t0
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and [p["status"] for p in summary["parts"]] == ["interrupted", "completed"]
+    # the budget is what the first part left, counted from the second torchrun's start
+    assert summary["budget_s"] == pytest.approx(RESUME_BUDGET - first["elapsed_s"])
+    assert summary["elapsed_s"] <= summary["budget_s"]
+    assert 0 < wall_s - summary["elapsed_s"] < summary["launcher_exit_s"] + 3.0
+    steps = summary["steps"]
+    assert summary["rank_steps"] == [steps, steps] and steps == first["steps"] + summary["parts"][1]["steps"] > \
+        first["steps"]
+    # each rank went on from its own position in the epoch it stopped in: its shards, both parts together
+    after = [(tmp_path / f"records-{r}.txt").read_text().splitlines() for r in (0, 1)]
+    trained = [_trained(lines[r]) + _trained(after[r][len(lines[r]):]) for r in (0, 1)]
+    assert len(trained[0]) == len(trained[1]) == summary["rank_samples"][0] == summary["samples_trained"] // 2
+    _check_shards(out, trained)
 
 
 # --- a rank that dies or stalls ------------------------------------------------------------------------------------
@@ -234,12 +359,14 @@ def test_launch_start_is_the_parent_under_torchrun() -> None:
 
 # --- the world's face ----------------------------------------------------------------------------------------------
 def test_world_of_one_changes_nothing() -> None:
+    assert World().agree(False, None, True, True, True) == (False, None, True, True, True)
+    assert World().agree(False, "SIGUSR1") == (True, "SIGUSR1", False, False, False)
     world = World()
     order, weights = torch.randperm(10), torch.rand(10)
     assert world.shard(order) is order and world.agree_plan(order, weights, None) == (order, weights, None, False)
     assert world.agree_stop(True) and not world.agree_stop(False)
     assert world.progress(0.3) == 0.3 and world.rank_batch(7) == 7 and world.seed(5) == 5
-    assert world.from_writer(1.0, 2.0) == (1.0, 2.0)
+    assert world.from_writer(1.0, 2.0) == (1.0, 2.0) and world.gather_objects("x") == ["x"] and world.any(True)
     assert world.summary(3, 96, 1.5) == {"world_size": 1, "backend": None, "rank_steps": [3], "rank_samples": [96],
                                          "rank_train_s": [1.5], "launcher_exit_s": 0.0}
     assert distributed.init("cpu", 10.0, time.monotonic()).size == 1  # no torchrun environment here
@@ -272,6 +399,10 @@ def _group_checks(rank: int, port: int, results: Path) -> None:
     world.attach(clock)
     out: dict[str, object] = {"stops": [world.agree_stop(vote) for vote in ([False, True], [False, False])[rank]]}
     out["progress"] = world.progress(-1.0)
+    out["votes"] = [world.agree(False, None, bad=rank == 1, snapshot=rank == 0, save=rank == 1),
+                    world.agree(False, "SIGTERM" if rank == 1 else None), world.agree(False)]
+    out["any"] = [world.any(rank == 1), world.any(False)]
+    out["objects"] = world.gather_objects({"rank": rank})
     mine = torch.arange(6) + 10 * rank
     out["gathered"] = world.all_gather_losses(mine, mine.float() / 100)
     out["writer"] = world.from_writer(float(rank), 7.0)
@@ -288,6 +419,11 @@ def test_group_collectives_in_two_gloo_processes(tmp_path: Path) -> None:
     r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["stops"] == r1["stops"] == [False, True]  # one rank's vote stops both
     assert r0["progress"] == r1["progress"] >= 0  # rank 0's progress, everywhere
+    # any rank's bad loss and signal, rank 0's snapshot and save decisions; a signal stops every later agreement too
+    assert r0["votes"] == r1["votes"] == [(False, None, True, True, False), (True, "SIGTERM", False, False, False),
+                                          (True, "SIGTERM", False, False, False)]
+    assert r0["any"] == r1["any"] == [True, False]
+    assert r0["objects"] == r1["objects"] == [{"rank": 0}, {"rank": 1}]
     for gathered in (r0["gathered"], r1["gathered"]):
         assert gathered[0].tolist() == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]
         assert torch.equal(gathered[1], gathered[0].float() / 100)
