@@ -531,7 +531,7 @@ class _Run:
             stop = self.world.agree(stop or clock.should_stop(), self.preemption.signal).stop
         clock.stop_training()
         if self.outcome == "running" and not self.guarded(final=True):
-            self.signal = self.world.signal  # any rank's: all stopped for it
+            self.signal = self.world.signal or self.preemption.signal  # any rank's (all stopped for it), or a late one
             self.outcome = "interrupted" if self.signal else "completed"
         self.stopped_at, self.stop_progress = now(), clock.progress()
         self.log.flush()
