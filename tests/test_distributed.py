@@ -224,11 +224,16 @@ def test_sigterm_to_torchrun_saves_the_run_and_two_processes_resume_it(tmp_path:
     the first part left of the budget, and together they train every epoch's subset exactly once."""
     (tmp_path / "recording.py").write_text(textwrap.dedent(RECORDING_DATA))
     out = tmp_path / "run"
-    proc = subprocess.Popen(_torchrun(_train_args("run", RESUME_BUDGET)), cwd=tmp_path, env=_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [*_train_args("run", RESUME_BUDGET), "--checkpoint-every", "1"]
+    proc = subprocess.Popen(_torchrun(args), cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
         _wait_for_training(tmp_path, [proc])
-        time.sleep(1.0)
+        time.sleep(1.5)
+        # a crash-safe checkpoint, written while training (all ranks agreed on when): every rank's part of the epoch
+        periodic = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert len(periodic["cursor"]["losses"]) == 2 * periodic["cursor"]["done"] > 0
+        assert len(periodic["rng"]["ranks"]) == 2
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -239,6 +244,7 @@ def test_sigterm_to_torchrun_saves_the_run_and_two_processes_resume_it(tmp_path:
     assert (first["status"], first["signal"]) == ("interrupted", "SIGTERM"), err[-3000:]
     assert first["rank_steps"] == [first["steps"]] * 2 and first["steps"] > 0
     assert err.count("timebudget: interrupted by SIGTERM") == 1  # rank 0's line only
+    assert '"event": "checkpoint"' in (out / "metrics.jsonl").read_text()
     lines = [(tmp_path / f"records-{r}.txt").read_text().splitlines() for r in (0, 1)]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2 and state["cursor"] is not None  # it stopped within an epoch
