@@ -2,10 +2,12 @@
 
 Each run is a real ``torchrun --standalone --nproc_per_node N -m timebudget train --seconds B`` timed from outside
 (``time.perf_counter`` from just before the spawn to torchrun's exit), so the deadline error includes torchrun's own
-start-up and exit. Besides the deadline error: samples per second inside the training window (``summary.json``'s
-``samples_per_s``, all ranks together) with the ratio to one process paired round by round, the test accuracy, and the
-steps. A plain ``python -m timebudget`` run (no torchrun) is the single-process reference. Modes run interleaved round
-by round (odd rounds in reverse order), one OpenMP thread per process on the CPU.
+start-up and exit; the time from ``summary.json``'s ``elapsed_s`` to the launcher's exit is listed next to what the
+run kept free for torchrun's exit (``launcher_exit_s``). Besides the deadline error: samples per second inside the
+training window (``summary.json``'s ``samples_per_s``, all ranks together) with the ratio to one process paired round
+by round, the test accuracy, and the steps. A plain ``python -m timebudget`` run (no torchrun) is the single-process
+reference. Modes run interleaved round by round (odd rounds in reverse order), one OpenMP thread per process on the
+CPU.
 
 Goals (issue 15): the deadline as precise as with one process; N processes >= 0.9 N x the samples per second of one
 where the machine has the cores; the same accuracy or better at equal budget.
@@ -89,9 +91,10 @@ def median_iqr(values: list[float]) -> str:
 
 def table(modes: list[Mode], budget: float) -> list[str]:
     reference = next((m for m in modes if m.procs == 1), modes[0])  # the same launcher with one process
-    head = ("| mode | ok | wall - B (s): median, worst | elapsed_s - B | samples/s: median [range or IQR] | "
-            "ratio to " + reference.name + " (paired) | accuracy | steps | startup_s |")
-    lines = [head, "|" + " --- |" * 9]
+    head = ("| mode | ok | wall - B (s): median, worst | elapsed_s - B | exit after summary: measured, reserved | "
+            "samples/s: median [range or IQR] | ratio to " + reference.name + " (paired) | accuracy | steps | "
+            "startup_s |")
+    lines = [head, "|" + " --- |" * 10]
     for mode in modes:
         good = [r for r in mode.runs if r.returncode == 0 and r.summary]
         errors = [r.wall_s - budget for r in good]
@@ -103,7 +106,9 @@ def table(modes: list[Mode], budget: float) -> list[str]:
         acc_text = f"{statistics.mean(acc):.4f} ± {statistics.pstdev(acc):.4f}" if acc else "-"
         lines.append(
             f"| {mode.name} | {len(good)}/{len(mode.runs)} | {median_iqr(errors)}, {worst:+.2f} | "
-            f"{median_iqr([r.summary['elapsed_s'] - budget for r in good])} | {median_iqr(rates)} | "
+            f"{median_iqr([r.summary['elapsed_s'] - budget for r in good])} | "
+            f"{median_iqr([r.wall_s - r.summary['elapsed_s'] for r in good])}, "
+            f"{median_iqr([r.summary.get('launcher_exit_s', 0.0) for r in good])} | {median_iqr(rates)} | "
             f"{median_iqr(ratios)} | {acc_text} | {median_iqr([r.summary['steps'] for r in good])} | "
             f"{median_iqr([r.summary['startup_s'] for r in good])} |"
         )
@@ -143,8 +148,10 @@ def main() -> int:
                 out = Path(tmp) / f"{mode.procs}-{r}"
                 run = run_once(command(mode.procs, args, out), out, timeout=args.seconds + 120)
                 mode.runs.append(run)
-                info = (f"wall {run.wall_s:.2f} s, {run.summary['samples_per_s']:.0f} samples/s, "
-                        f"steps {run.summary['rank_steps']}" if run.summary else f"failed: {run.stderr_tail!r}")
+                info = (f"wall {run.wall_s:.2f} s, exit after summary {run.wall_s - run.summary['elapsed_s']:.2f} s "
+                        f"(reserved {run.summary.get('launcher_exit_s', 0.0):.2f}), "
+                        f"{run.summary['samples_per_s']:.0f} samples/s, steps {run.summary['rank_steps']}"
+                        if run.summary else f"failed: {run.stderr_tail!r}")
                 print(f"round {r}: {mode.name}: {info}", flush=True)
     print(f"\nB = {args.seconds:g} s, data {args.data}, model {args.model}, batch {args.batch_size or 'default'} "
           f"(global), device {args.device}, one thread per process, {rounds} rounds")
