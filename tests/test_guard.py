@@ -124,6 +124,24 @@ def test_rollbacks_in_a_row_are_divergence_and_a_good_snapshot_breaks_the_row() 
     assert len(g.rollbacks) == 5 and run.lr_scale == guard.LR_FACTOR ** 4  # no lowering at the divergence
 
 
+def test_agreed_votes_decide_for_every_rank() -> None:
+    """Under torchrun the check acts on the ranks' agreed votes: another rank's bad loss rolls this (clean) rank back,
+    rank 0's clock decides when a snapshot is taken, and the final check asks every rank."""
+    run = Trainee()
+    asked: list[bool] = []
+    g = DivergenceGuard(2.3, torch.device("cpu"), lambda: run.state, run.restore, run.scale, every_s=1.0,
+                        any_rank=lambda bad: asked.append(bad) or True)  # another rank's flag is set
+    g.start(0.0)
+    run.state = 1
+    g.observe(torch.tensor([0.5]))
+    assert not g.tripped() and g.due(1.5)
+    assert g.check(1.5, pause, tripped=False, due=False) == guard.OK and g.snapshot == 0  # rank 0: not due yet
+    assert g.check(1.6, pause, tripped=True, due=False) == guard.ROLLED_BACK and run.restored == [0]
+    assert asked == []  # on a CPU the per-step votes hold every rank's flag: no extra collective
+    run.state = 2
+    assert g.check(1.7, pause, final=True) == guard.ROLLED_BACK and asked == [False] and run.restored == [0, 0]
+
+
 def test_final_check_reads_the_flag_and_takes_no_snapshot() -> None:
     run = Trainee()
     g = run.guard()
