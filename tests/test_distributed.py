@@ -409,6 +409,16 @@ def _group_checks(rank: int, port: int, results: Path) -> None:
                     world.agree(False, "SIGTERM" if rank == 1 else None), world.agree(False)]
     out["any"] = [world.any(rank == 1), world.any(False)]
     out["objects"] = world.gather_objects({"rank": rank})
+    norm = torch.nn.BatchNorm1d(3)
+    norm(torch.randn(8, 3) + 10 * rank)  # each rank's own running statistics
+    world.sync_buffers(norm)
+    out["buffers"] = {k: v.clone() for k, v in norm.state_dict().items()}
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    model.load_state_dict({k: v + rank for k, v in model.state_dict().items()})
+    wrapped = world.wrap(model)  # DDP: rank 0's parameters at the start
+    model[1].running_mean.fill_(float(rank))  # then each rank's own statistics, which no forward pass overwrites
+    wrapped(torch.zeros(8, 3))
+    out["ddp"] = {k: v.clone() for k, v in model.state_dict().items()}
     mine = torch.arange(6) + 10 * rank
     out["gathered"] = world.all_gather_losses(mine, mine.float() / 100)
     out["writer"] = world.from_writer(float(rank), 7.0)
@@ -430,6 +440,10 @@ def test_group_collectives_in_two_gloo_processes(tmp_path: Path) -> None:
                                           (True, "SIGTERM", False, False, False)]
     assert r0["any"] == r1["any"] == [True, False]
     assert r0["objects"] == r1["objects"] == [{"rank": 0}, {"rank": 1}]
+    assert all(torch.equal(r0["buffers"][k], r1["buffers"][k]) for k in r0["buffers"])  # rank 0's, everywhere
+    assert torch.equal(r0["ddp"]["0.weight"], r1["ddp"]["0.weight"])
+    # the same batch statistics on both ranks; rank 1 kept its own running mean (1, decayed by the momentum 0.1)
+    assert torch.allclose(r1["ddp"]["1.running_mean"] - r0["ddp"]["1.running_mean"], torch.full((3,), 0.9))
     for gathered in (r0["gathered"], r1["gathered"]):
         assert gathered[0].tolist() == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]
         assert torch.equal(gathered[1], gathered[0].float() / 100)

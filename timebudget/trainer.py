@@ -643,6 +643,7 @@ class _Run:
         index = index[:int(max(0.0, room * 0.5) * self.world.size / max(seconds_per_sample, 1e-9))]
         if len(index) < self.world.size:
             return
+        self.world.sync_buffers(self.model)  # under torchrun: rank 0's BatchNorm statistics (DDP does not send them)
         self.model.eval()
         index = self.world.shard(index)
         chunks = list(index.split(self.eval_batch))
