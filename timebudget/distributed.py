@@ -234,8 +234,8 @@ class Group(World):
         return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """DDP without its broadcast of rank 0's buffers before every forward pass (a blocking collective per step, on
-        a small model's CPU step a tenth of its time): training-mode BatchNorm uses the batch's statistics, rank 0's
+        """DDP without its broadcast of rank 0's buffers before every forward pass (a blocking collective per step):
+        training-mode BatchNorm uses the batch's statistics, rank 0's
         own buffers are the same either way, and they are what rank 0 evaluates and saves; another rank gets them by
         :meth:`sync_buffers` before it evaluates (the sharded refresh of stale scores)."""
         from torch.nn.parallel import DistributedDataParallel
