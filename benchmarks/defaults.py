@@ -82,13 +82,9 @@ TOLERANCE_PT, TOLERANCE_MAE = 0.5, 0.02
 def plain_arrays(path: str) -> tuple[np.ndarray, ...]:
     """The set's arrays: ``digits`` as timebudget splits it, anything else from its ``.npz``."""
     if path == "digits":
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        from timebudget.data import digits_arrays
 
-        x, y = load_digits(return_X_y=True)
-        x = (x / 16.0).reshape(-1, 8, 8).astype(np.float32)
-        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-        return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
+        return digits_arrays()
     d = np.load(path)
     return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
 
