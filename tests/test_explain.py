@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from timebudget import cli, data, explain, influence
+from timebudget import cli, data, explain, influence, run_folder
 from timebudget.config import Config
 from timebudget.errors import BudgetTooSmall, TimebudgetError
 from timebudget.trainer import train
@@ -245,7 +245,7 @@ def test_tracin_single_checkpoint_is_the_last_layer_gradient_norm(runs: dict[str
     assert report["tracin"]["checkpoints"] == {"checkpoint.pt": 1.0}
     assert any("checkpoint.pt alone" in note for note in report["notes"])
     values = torch.load(tmp_path / "self_influence.pt", weights_only=True)
-    loaded = explain.load_run(run, torch.device("cpu"))
+    loaded = run_folder.load_run(run, torch.device("cpu"))
     layer = [m for m in loaded.model.modules() if isinstance(m, nn.Linear)][-1]
     x, y = loaded.bundle.train.x, loaded.bundle.train.y
     for i in (0, 7, 123):

@@ -19,7 +19,7 @@ from torch.utils.data.dataloader import default_collate
 
 from .config import Config
 from .errors import TimebudgetError
-from .explain import Run, check_state, json_number, model_name, read_checkpoint
+from .run_folder import Run, check_state, json_number, model_name, read_checkpoint
 
 
 def checkpoint_files(run_dir: Path) -> tuple[list[Path], str | None]:
