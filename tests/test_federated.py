@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 
 from timebudget import models  # noqa: E402
 from timebudget.federated import client, launcher  # noqa: E402
-from timebudget.federated.settings import RunSettings  # noqa: E402
+from timebudget.federated.settings import DEADLINE_KEY, RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = 0.05  # fake seconds per clock reading in the handler tests
@@ -101,6 +101,43 @@ def test_the_next_round_starts_from_the_saved_score_table_and_a_node_cap_bounds_
     assert (after["count"] >= saved["count"]).all() and after["count"].sum() > saved["count"].sum()
 
 
+def with_deadline(msg: Message, sent_ago: float) -> Message:
+    """``msg`` as the ServerApp sends it: the round's deadline on the wall clock, as if sent ``sent_ago`` seconds
+    before its ``created_at`` (Flower's delivery and the SuperNode's poll took that long)."""
+    config = msg.content["config"]
+    config[DEADLINE_KEY] = msg.metadata.created_at - sent_ago + float(config["round-seconds"])
+    return msg
+
+
+def test_the_servers_deadline_counts_the_delivery_against_the_round(tmp_path: Path) -> None:
+    clock, cap = TickingClock(), 10.0
+    reply = call_train(with_deadline(train_message(cap), sent_ago=3.0), make_context(tmp_path), clock)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    metrics = reply.content["metrics"]
+    assert metrics["delivery-seconds"] == pytest.approx(3.0, abs=2 * TICK)
+    reserve = RunSettings().reply_reserve
+    assert metrics["reply-reserve"] == reserve
+    # client-seconds count from the server's send: the 3 s of delivery were taken out of the training time
+    assert 3.0 < metrics["client-seconds"] <= cap - reserve + 2 * TICK
+
+
+def test_a_deadline_already_gone_gets_an_error_reply_before_any_training(tmp_path: Path) -> None:
+    msg = with_deadline(train_message(8.0), sent_ago=7.0)  # 1 s left, less than the 2 s reply reserve
+    reply = call_train(msg, make_context(tmp_path), TickingClock())
+    assert reply.has_error() and "nothing left to train" in reply.error.reason
+    assert not (tmp_path / "clients" / "client_0" / "round_001").exists()
+
+
+def test_a_client_clock_behind_the_servers_counts_from_its_own_receipt(tmp_path: Path) -> None:
+    """A deadline more than a cap away on this client's clock (its clock is behind the server's): the round counts
+    from the process start instead, not from a send in this client's future."""
+    reply = call_train(with_deadline(train_message(8.0), sent_ago=-100.0), make_context(tmp_path), TickingClock())
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    metrics = reply.content["metrics"]
+    assert metrics["delivery-seconds"] == 0.0
+    assert metrics["client-seconds"] <= 8.0 - RunSettings().reply_reserve + 2 * TICK
+
+
 def test_a_cap_too_small_gets_an_error_reply_not_a_crash(tmp_path: Path) -> None:
     reply = call_train(train_message(2.5), make_context(tmp_path), TickingClock())
     assert reply.has_error()
@@ -167,26 +204,32 @@ def federated(out: Path, *argv: str) -> subprocess.Popen[str]:
 
 
 def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path) -> None:
+    """Client 0 (half speed) trains; client 1's own cap of 1 s cannot hold a round, so it answers each with an error,
+    in time, which the records and the table show under its name."""
     out = tmp_path / "fed"
-    proc = federated(out, "--clients", "2", "--rounds", "2", "--round-seconds", "12", "--client-speed", "1,0.5")
+    proc = federated(out, "--clients", "2", "--rounds", "2", "--round-seconds", "12", "--client-speed", "0.5,1",
+                     "--client-caps", ",1")
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     replies = [r for r in records if "node" in r]
     globals_ = [r for r in records if "test_metrics" in r]
     assert [r["round"] for r in globals_] == [0, 1, 2]
-    assert sorted((r["round"], r["client"]) for r in replies if r["client"] is not None) == sorted(
-        (r["round"], r["client"]) for r in replies if r["client"] is not None)
-    assert sorted(r["round"] for r in replies) == [1, 1, 2, 2]
+    assert sorted((r["round"], r["client"]) for r in replies) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     for r in replies:
         assert {"round", "client", "cap_s", "seconds", "samples", "in_time"} <= r.keys()
-        assert r["cap_s"] == 12.0
-        if r["in_time"] and "error" not in r:
-            assert r["samples"] > 0 and r["seconds"] <= 12.0
-    assert {r["client"] for r in replies if r["in_time"] and "error" not in r} <= {0, 1}
+    trained = [r for r in replies if "error" not in r]
+    errors = [r for r in replies if "error" in r]
+    assert {r["client"] for r in errors} == {1} and all("nothing left to train" in r["error"] for r in errors)
+    assert all(r["in_time"] and r["seconds"] <= 12.0 for r in errors)  # refused at once, not late
+    for r in trained:
+        assert r["client"] == 0 and r["cap_s"] == 12.0
+        if r["in_time"]:
+            assert r["samples"] > 0 and r["seconds"] <= 12.0 and r["trip_s"] >= 0.0
     summary = json.loads((out / "summary.json").read_text())
-    assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][1]["speed"] == 0.5
-    assert "in time" in stdout
+    assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][0]["speed"] == 0.5
+    assert summary["clients"][1]["in_time"] == 0 and summary["clients"][1]["errors"]
+    assert "in time" in stdout and "nothing left to train" in stdout
     assert flower_processes(out) == []
 
 

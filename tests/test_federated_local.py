@@ -12,7 +12,8 @@ from timebudget import Config, models, train
 from timebudget.data import ArrayDataset, load
 from timebudget.federated import local
 from timebudget.errors import BudgetTooSmall
-from timebudget.federated.settings import SETUP_FILE, NodeSettings, RunSettings, budget_start, refuse_early
+from timebudget.federated.settings import (DEADLINE_KEY, REPLY_PATH_KEY, SETUP_FILE, NodeSettings, RunSettings,
+                                           budget_start, refuse_early, reply_reserve, round_sent_at)
 from timebudget.trainer import RunHooks
 
 from conftest import FakeClock
@@ -57,6 +58,17 @@ def test_budget_counts_from_the_servers_send_or_the_process_start_whichever_is_e
                               wall=lambda: 100.0) == clock.t - 2.0
     assert budget_start(sent_at=50.0, cap_s=10.0, process_start=clock.t, now=clock,
                               wall=lambda: 100.0) == clock.t - 10.0
+
+
+def test_the_round_is_sent_at_the_servers_deadline_less_its_cap_else_at_the_messages_creation() -> None:
+    assert round_sent_at({DEADLINE_KEY: 130.0, "round-seconds": 30.0}, created_at=99.0) == 100.0
+    assert round_sent_at({"round-seconds": 30.0}, created_at=99.0) == 99.0  # another ServerApp: no deadline
+
+
+def test_the_reply_reserve_follows_the_trip_the_server_measured_for_this_node() -> None:
+    assert reply_reserve({}, node_id=7, first_round_s=2.0) == 2.0
+    measured = {f"{REPLY_PATH_KEY}.7": 0.4, f"{REPLY_PATH_KEY}.8": 3.0}
+    assert reply_reserve(measured, node_id=7, first_round_s=2.0) == pytest.approx(1.5 * 0.4 + 0.5)  # below the default
 
 
 def test_node_settings_are_checked() -> None:
@@ -111,6 +123,8 @@ def test_run_hooks_shape_one_run(tmp_path: Path) -> None:
 
 def test_a_round_the_last_measurements_cannot_fit_is_refused_at_once(tmp_path: Path) -> None:
     refuse_early(tmp_path, elapsed=5.0, seconds=6.0)  # nothing measured yet: no refusal
+    with pytest.raises(BudgetTooSmall, match="nothing left to train"):
+        refuse_early(tmp_path, elapsed=6.5, seconds=6.0)  # the deadline less the reply's trip has passed
     (tmp_path / SETUP_FILE).write_text('{"import_s": 3.0, "setup_s": 1.0, "step_s": 0.1, "tail_s": 0.4}')
     refuse_early(tmp_path, elapsed=4.0, seconds=6.0)  # 4 + 1.5 fits in 6
     with pytest.raises(BudgetTooSmall, match="needed 4.50 s"):
