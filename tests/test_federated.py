@@ -83,8 +83,9 @@ def test_train_handler_replies_with_weights_and_metrics_within_its_cap(tmp_path:
     # on the fake clock the handler returned before the cap less the reply's reserve
     assert metrics["client-seconds"] <= cap - RunSettings().reply_reserve + 2 * TICK
     assert clock.t - 1000.0 <= cap
-    # its state for the next round: the run folder with the score table
+    # its state for the next round: the run folder with the score table and the strategy's bookkeeping
     assert (tmp_path / "clients" / "client_0" / "round_001" / "scores.pt").exists()
+    assert (tmp_path / "clients" / "client_0" / "round_001" / "strategy.pt").exists()
 
 
 def test_the_next_round_starts_from_the_saved_score_table_and_a_node_cap_bounds_the_round(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from timebudget import Config, models, train
+from timebudget import Config, models, strategies, train
 from timebudget.data import ArrayDataset, load
 from timebudget.federated import local
 from timebudget.errors import BudgetTooSmall
@@ -129,3 +129,22 @@ def test_a_round_the_last_measurements_cannot_fit_is_refused_at_once(tmp_path: P
     refuse_early(tmp_path, elapsed=4.0, seconds=6.0)  # 4 + 1.5 fits in 6
     with pytest.raises(BudgetTooSmall, match="needed 4.50 s"):
         refuse_early(tmp_path, elapsed=4.0, seconds=6.0, before_import=True)  # the imports are still to come
+
+
+def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_values_start_fresh(tmp_path: Path) -> None:
+    config = Config(seconds=5.0, data="digits", strategy="random", filter_noisy="true").validate()
+    earlier = {"inner": {"used": torch.tensor([True, False, True])}, "next_fit": 0.9,
+               "streak": torch.tensor([0, 2, 1], dtype=torch.int32), "excluded": torch.tensor([False, True, False])}
+    fresh = strategies.build(config, "classification")
+    hook = local.StrategyCarry(earlier)
+    hook(fresh, torch.device("cpu"))
+    assert torch.equal(fresh.inner.used, earlier["inner"]["used"])  # random's cycle goes on where it stopped
+    assert torch.equal(fresh.streak, earlier["streak"]) and torch.equal(fresh.excluded, earlier["excluded"])
+    assert fresh.next_fit == config.select_warmup  # counted in this run's progress: fresh, not 0.9 of the last run
+    (tmp_path / "round_001").mkdir()
+    hook.save(tmp_path / "round_001")
+    saved = local.previous(tmp_path, 2, local.STRATEGY_FILE)
+    assert torch.equal(saved["excluded"], earlier["excluded"]) and saved["next_fit"] == config.select_warmup
+    untouched = strategies.build(config, "classification")
+    local.StrategyCarry(None)(untouched, torch.device("cpu"))  # a first round: nothing to carry
+    assert untouched.streak is None and untouched.inner.used is None
