@@ -16,10 +16,11 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict  # noqa: E402
+from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata,  # noqa: E402
+                      MetricRecord, RecordDict)
 
 from timebudget import models  # noqa: E402
-from timebudget.federated import client, launcher  # noqa: E402
+from timebudget.federated import client, launcher, server  # noqa: E402
 from timebudget.federated.settings import DEADLINE_KEY, RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +158,56 @@ def test_evaluate_handler_reports_metrics_on_the_clients_test_share(tmp_path: Pa
     metrics = client.evaluate(msg, make_context(tmp_path, partition_id=1)).content["metrics"]
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert 150 <= metrics["num-examples"] <= 210  # half of digits' 360 test samples
+
+
+class LoopGrid:
+    """The grid under :class:`server.TimedGrid` without a SuperLink: each pushed message gets the reply ``answer``
+    builds for it, which ``pull_messages`` hands over once ``after`` seconds have passed since the push."""
+
+    def __init__(self, answer, after: float) -> None:
+        self.answer, self.after = answer, after
+        self.pushed: list[tuple[Message, float]] = []  # each message with the wall clock at its push
+        self.replies: dict[str, tuple[Message, float]] = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg_id = f"m{len(self.pushed)}"
+            self.pushed.append((msg, time.time()))
+            self.replies[msg_id] = (self.answer(msg), time.monotonic() + self.after)
+            ids.append(msg_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        ready = [i for i in message_ids if i in self.replies and time.monotonic() >= self.replies[i][1]]
+        return [self.replies.pop(i)[0] for i in ready]
+
+
+def test_the_server_sends_the_rounds_deadline_and_measures_each_replys_trip(tmp_path: Path) -> None:
+    def answer(msg: Message) -> Message:
+        if msg.metadata.dst_node_id == 12:  # its client refused the round
+            return Message(Error(code=client.ERROR_CODE, reason="timebudget client 1: nothing left to train"),
+                           reply_to=msg)
+        metrics = {"partition-id": 0, "samples": 64, "num-examples": 64, "cap-seconds": 5.0, "client-seconds": 0.1,
+                   "loss": 0.5, "reply-reserve": 2.0, "delivery-seconds": 0.0, "startup-seconds": 0.0}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    log = server.RoundLog(tmp_path / "rounds.jsonl")
+    grid = server.TimedGrid(LoopGrid(answer, after=0.3), log)
+    config = ConfigRecord({"server-round": 1, "round-seconds": 5.0})
+    messages = [Message(RecordDict({"config": config}), metadata=Metadata(
+        run_id=1, message_id="", src_node_id=1, dst_node_id=node, reply_to_message_id="", group_id="1",
+        created_at=time.time(), ttl=3600.0, message_type=MessageType.TRAIN)) for node in (11, 12)]
+    before = time.time()
+    replies = list(grid.send_and_receive(messages, timeout=5.0))
+    assert len(replies) == 2
+    for msg, pushed_at in grid.grid.pushed:  # the deadline: the wall clock at the send (before the push) + the cap
+        assert before + 5.0 <= msg.content["config"][DEADLINE_KEY] <= pushed_at + 5.0
+    records = {r["node"]: r for r in log.records}
+    # seen no earlier than 0.3 s after the send, of which the client says it used 0.1 s: the rest was the trip
+    assert records[11]["trip_s"] >= 0.2 and log.reply_paths[11] == pytest.approx(records[11]["trip_s"], abs=1e-3)
+    assert records[11]["in_time"] and records[11]["client"] == 0
+    assert records[12]["client"] == 1 and "nothing left" in records[12]["error"] and 12 not in log.reply_paths
 
 
 @pytest.mark.parametrize("argv, needle", [
