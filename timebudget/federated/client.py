@@ -7,7 +7,8 @@ inside the round. The client needs no estimate of it: the server sends the round
 (``settings.DEADLINE_KEY``, with the cap), the client trains until that deadline less the reply's trip, which the
 server measures for each node and sends back in the next round's config, and it reads only the clock. A message
 without a deadline (another ServerApp) counts from its ``created_at``, and at the latest from this process's start.
-State across rounds (the score table) lives in the client's own folder under the run's ``out``.
+State across rounds (the score table, the strategy's bookkeeping) lives in the client's own folder under the run's
+``out``.
 """
 from __future__ import annotations
 
