@@ -65,10 +65,9 @@ def test_the_round_is_sent_at_the_servers_deadline_less_its_cap_else_at_the_mess
     assert round_sent_at({"round-seconds": 30.0}, created_at=99.0) == 99.0  # another ServerApp: no deadline
 
 
-def test_the_reply_reserve_follows_the_trip_the_server_measured_for_this_node() -> None:
-    assert reply_reserve({}, node_id=7, first_round_s=2.0) == 2.0
-    measured = {f"{REPLY_PATH_KEY}.7": 0.4, f"{REPLY_PATH_KEY}.8": 3.0}
-    assert reply_reserve(measured, node_id=7, first_round_s=2.0) == pytest.approx(1.5 * 0.4 + 0.5)  # below the default
+def test_the_reply_reserve_follows_the_longest_trip_the_server_measured() -> None:
+    assert reply_reserve({}, first_round_s=2.0) == 2.0
+    assert reply_reserve({REPLY_PATH_KEY: 0.4}, first_round_s=2.0) == pytest.approx(1.5 * 0.4 + 0.5)  # below 2 s
 
 
 def test_node_settings_are_checked() -> None:
@@ -145,6 +144,8 @@ def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_val
     hook.save(tmp_path / "round_001")
     saved = local.previous(tmp_path, 2, local.STRATEGY_FILE)
     assert torch.equal(saved["excluded"], earlier["excluded"]) and saved["next_fit"] == config.select_warmup
-    untouched = strategies.build(config, "classification")
+    untouched = strategies.build(dataclasses.replace(config, filter_noisy="auto"), "classification")
+    assert untouched.mixture is None  # auto: scikit-learn left to the first fit...
     local.StrategyCarry(None)(untouched, torch.device("cpu"))  # a first round: nothing to carry
     assert untouched.streak is None and untouched.inner.used is None
+    assert untouched.mixture is not None  # ...but loaded in a client round's start-up

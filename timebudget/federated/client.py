@@ -60,7 +60,7 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
         start = budget_start(round_sent_at(round_config, msg.metadata.created_at), cap, process_start, now, wall)
         entered = now()
         startup = {"delivery-seconds": process_start - start, "startup-seconds": entered - process_start}
-        reserve = reply_reserve(round_config, context.node_id, run.reply_reserve)
+        reserve = reply_reserve(round_config, run.reply_reserve)
         if run.mode == "timebudget":  # a round it cannot fit is refused before paying for the torch import
             refuse_early(node_dir(run, node), entered - start, cap - reserve, before_import=True)
         from . import local

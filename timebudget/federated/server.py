@@ -56,8 +56,8 @@ class RoundLog:
 
 
 class DeadlineFedAvg(FedAvg):
-    """Flower's FedAvg, whose round config also tells each node how long its replies took to reach the server after
-    its ClientApp returned (the longest seen), so the client reserves its own measured return path."""
+    """Flower's FedAvg, whose round config also tells the clients how long replies took to reach the server after a
+    ClientApp returned: the longest trip seen from any node, so each client reserves a measured return path."""
 
     def __init__(self, log: RoundLog, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -65,8 +65,8 @@ class DeadlineFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
-        for node, path in self.log.reply_paths.items():
-            config[f"{REPLY_PATH_KEY}.{node}"] = path
+        if self.log.reply_paths:
+            config[REPLY_PATH_KEY] = max(self.log.reply_paths.values())
         return super().configure_train(server_round, arrays, config, grid)
 
 

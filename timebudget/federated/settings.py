@@ -32,10 +32,13 @@ DEADLINE_KEY = "deadline"
 # The reply's trip: from the ClientApp's return to the server seeing the reply. In flwr 1.42 the ClientApp process
 # pushes its reply to the SuperNode, which looks for finished replies every 0.5 s and sends it to the SuperLink, where
 # the server polls every 0.1 s (``server.TimedGrid``): 0.35 to 0.5 s measured on loopback at load 1 on 2 cores, up
-# to 2.8 s at load 14 when three clients replied at once. From the second round on, the server sends each node the
-# longest trip it measured for it (``REPLY_PATH_KEY.<node id>`` in the round's config) and the client reserves
-# ``REPLY_SAFETY`` times that plus ``REPLY_JITTER_S`` (the SuperNode's poll, which the measured trip may have caught
-# at once); before any measurement, the run's ``reply-reserve`` (``REPLY_RESERVE_S`` unless set).
+# to 2.8 s at load 14 when three clients replied at once. From the second round on, the server sends the longest trip
+# it measured from any node (``REPLY_PATH_KEY`` in the round's config) and the client reserves ``REPLY_SAFETY`` times
+# that plus ``REPLY_JITTER_S`` (the SuperNode's poll, which the measured trip may have caught at once); before any
+# measurement, the run's ``reply-reserve`` (``REPLY_RESERVE_S`` unless set). Any node's, not each node's own: under
+# load the trips have a heavy tail (0.2 to 1.9 s at load 7 on 2 cores, median 0.45 s), and one node's first trip or
+# two (0.46 s) let its next one (1.31 s) come late; a fleet with one slow link reserves for it everywhere, which costs
+# the others that much training and no replies.
 REPLY_PATH_KEY = "reply-path-seconds"
 REPLY_RESERVE_S = 2.0
 REPLY_SAFETY = 1.5
@@ -185,10 +188,10 @@ def round_sent_at(round_config: Mapping[str, Any], created_at: float) -> float:
     return created_at
 
 
-def reply_reserve(round_config: Mapping[str, Any], node_id: int, first_round_s: float) -> float:
-    """Seconds to keep for the reply's trip to the server: from the trip the server measured for this node in earlier
-    rounds (see ``REPLY_PATH_KEY``), else ``first_round_s``."""
-    path = round_config.get(f"{REPLY_PATH_KEY}.{node_id}")
+def reply_reserve(round_config: Mapping[str, Any], first_round_s: float) -> float:
+    """Seconds to keep for the reply's trip to the server: from the longest trip the server measured in earlier rounds
+    (see ``REPLY_PATH_KEY``), else ``first_round_s``."""
+    path = round_config.get(REPLY_PATH_KEY)
     return first_round_s if path is None else REPLY_SAFETY * float(path) + REPLY_JITTER_S
 
 
