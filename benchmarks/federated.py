@@ -13,8 +13,14 @@ since the deployment started, the accuracy both modes had reached by the same wa
 runs' ends), and the seconds each client idled (from its reply to the round's end, which is the last in-time
 reply or the timeout).
 
+Also per mode and cap: the median seconds from the server's send to a client's first line of code (Flower's delivery,
+the SuperNode's poll, the per-message ``flwr-clientapp`` process start-up) and the longest reply trip (from the
+client's return to the server's receipt), and, at the end, the lowest cap at which every timebudget reply came in
+time and the lowest at which every one also trained.
+
 Smoke run: ``python benchmarks/federated.py --caps 15 --rounds 2``; the README table:
-``OMP_NUM_THREADS=1 python benchmarks/federated.py --caps 20,40 --rounds 3``.
+``OMP_NUM_THREADS=1 python benchmarks/federated.py --caps 8,15,30 --rounds 4 --seeds 0,1 --variants
+timebudget:round,epochs``.
 """
 from __future__ import annotations
 
@@ -33,6 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 # (client, learning-rate decay): timebudget clients decaying to zero within each round or once across all rounds, and
 # the fixed-epoch clients at the constant learning rate Flower's quickstart uses (the decay setting does not apply).
 VARIANTS = (("timebudget", "round"), ("timebudget", "federation"), ("epochs", "round"))
+
+
+def parse_variants(text: str) -> tuple[tuple[str, str], ...]:
+    """``timebudget:round,epochs`` as (mode, decay) pairs; ``epochs`` takes no decay."""
+    picked = []
+    for item in text.split(","):
+        mode, _, decay = item.partition(":")
+        variant = (mode, decay or "round")
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {item!r}; allowed: timebudget:round, timebudget:federation, epochs")
+        picked.append(variant)
+    return tuple(picked)
 
 
 def run_once(out: Path, variant: tuple[str, str], cap: float, args: argparse.Namespace, seed: int) -> dict:
@@ -74,14 +92,17 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--partition", default="dirichlet:0.5")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--variants", default="timebudget:round,timebudget:federation,epochs",
+                        help="comma-separated clients to compare: timebudget:round, timebudget:federation, epochs")
     args = parser.parse_args()
+    variants = parse_variants(args.variants)
     caps = [float(c) for c in args.caps.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[tuple[float, tuple[str, str]], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="tb-fed-bench-") as tmp:
         for cap in caps:
             for seed in seeds:
-                for variant in VARIANTS:
+                for variant in variants:
                     summary = run_once(Path(tmp) / f"{'-'.join(variant)}-{cap:g}-{seed}", variant, cap, args, seed)
                     results.setdefault((cap, variant), []).append(summary)
                     print(f"# done {'/'.join(variant)} cap {cap:g} seed {seed}: {summary['outside_wall_s']:.0f} s",
@@ -91,12 +112,13 @@ def main() -> None:
     print(f"{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
           f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, load average {load:.1f} at the end\n")
     print("| cap s | client (lr decay) | replies in time | errors | samples/round (per client) | idle s (per client) | "
-          "accuracy after each round (s since start) | acc. at the same second | final acc. |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "to first line s | trip s | accuracy after each round (s since start) | acc. at the same second | "
+          "final acc. |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cap in caps:
-        same_second = [min(results[(cap, v)][i]["rounds"][-1]["elapsed_s"] for v in VARIANTS)
+        same_second = [min(results[(cap, v)][i]["rounds"][-1]["elapsed_s"] for v in variants)
                        for i in range(len(seeds))]
-        for variant in VARIANTS:
+        for variant in variants:
             runs = results[(cap, variant)]
             name = "epochs (1 epoch, constant lr)" if variant[0] == "epochs" else f"timebudget ({variant[1]})"
             replies = [r for s in runs for r in s["replies"]]
@@ -110,10 +132,23 @@ def main() -> None:
             curve = ", ".join(f"{r['test_metrics']['accuracy']:.3f} ({r['elapsed_s']:.0f})"
                               for r in runs[0]["rounds"][1:])
             at_same = statistics.median(accuracy_at(s, t) for s, t in zip(runs, same_second))
+            starts = [r["delivery_s"] + r["startup_s"] for r in replies if "delivery_s" in r]
+            trips = [r["trip_s"] for r in replies if "trip_s" in r]
+            start = f"{statistics.median(starts):.1f} ({min(starts):.1f}-{max(starts):.1f})" if starts else "-"
+            trip = f"{max(trips):.2f}" if trips else "-"
             final = statistics.median(s["final_test_metrics"]["accuracy"] for s in runs)
             print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
-                  f"{samples} | {idle} | {curve} | {at_same:.3f} at {statistics.median(same_second):.0f} s | "
+                  f"{samples} | {idle} | {start} | {trip} | {curve} | "
+                  f"{at_same:.3f} at {statistics.median(same_second):.0f} s | "
                   f"{final:.3f} |")
+    for mode, decay in variants:
+        if mode != "timebudget":
+            continue
+        arrived = [c for c in caps if all(r["in_time"] for s in results[(c, (mode, decay))] for r in s["replies"])]
+        trained = [c for c in arrived
+                   if all("error" not in r for s in results[(c, (mode, decay))] for r in s["replies"])]
+        print(f"\ntimebudget ({decay}): every reply in time at caps {', '.join(f'{c:g}' for c in arrived) or 'none'} s;"
+              f" every reply in time and trained at {', '.join(f'{c:g}' for c in trained) or 'none'} s")
     print("\nReplies not in time, and error replies:")
     for (cap, variant), runs in results.items():
         for seed, run in zip(seeds, runs):

@@ -16,11 +16,12 @@ import torch
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict  # noqa: E402
+from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata,  # noqa: E402
+                      MetricRecord, RecordDict)
 
 from timebudget import models  # noqa: E402
-from timebudget.federated import client, launcher  # noqa: E402
-from timebudget.federated.settings import RunSettings  # noqa: E402
+from timebudget.federated import client, launcher, server  # noqa: E402
+from timebudget.federated.settings import DEADLINE_KEY, RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = 0.05  # fake seconds per clock reading in the handler tests
@@ -83,15 +84,16 @@ def test_train_handler_replies_with_weights_and_metrics_within_its_cap(tmp_path:
     # on the fake clock the handler returned before the cap less the reply's reserve
     assert metrics["client-seconds"] <= cap - RunSettings().reply_reserve + 2 * TICK
     assert clock.t - 1000.0 <= cap
-    # its state for the next round: the run folder with the score table
+    # its state for the next round: the run folder with the score table and the strategy's bookkeeping
     assert (tmp_path / "clients" / "client_0" / "round_001" / "scores.pt").exists()
+    assert (tmp_path / "clients" / "client_0" / "round_001" / "strategy.pt").exists()
 
 
 def test_the_next_round_starts_from_the_saved_score_table_and_a_node_cap_bounds_the_round(tmp_path: Path) -> None:
     call_train(train_message(8.0, server_round=1), make_context(tmp_path), TickingClock())
     saved = torch.load(tmp_path / "clients" / "client_0" / "round_001" / "scores.pt")
     msg = train_message(9.0, server_round=2)
-    msg.content["config"]["reply-path-seconds.7"] = 2.0  # what the server measured for this node (id 7)
+    msg.content["config"]["reply-path-seconds"] = 2.0  # the longest trip the server measured
     reply = call_train(msg, make_context(tmp_path, **{"cap-seconds": 8.0}), TickingClock())
     metrics = reply.content["metrics"]
     assert metrics["cap-seconds"] == 8.0
@@ -99,6 +101,43 @@ def test_the_next_round_starts_from_the_saved_score_table_and_a_node_cap_bounds_
     assert metrics["client-seconds"] <= 8.0 - (1.5 * 2.0 + 0.5) + 2 * TICK
     after = torch.load(tmp_path / "clients" / "client_0" / "round_002" / "scores.pt")
     assert (after["count"] >= saved["count"]).all() and after["count"].sum() > saved["count"].sum()
+
+
+def with_deadline(msg: Message, sent_ago: float) -> Message:
+    """``msg`` as the ServerApp sends it: the round's deadline on the wall clock, as if sent ``sent_ago`` seconds
+    before its ``created_at`` (Flower's delivery and the SuperNode's poll took that long)."""
+    config = msg.content["config"]
+    config[DEADLINE_KEY] = msg.metadata.created_at - sent_ago + float(config["round-seconds"])
+    return msg
+
+
+def test_the_servers_deadline_counts_the_delivery_against_the_round(tmp_path: Path) -> None:
+    clock, cap = TickingClock(), 10.0
+    reply = call_train(with_deadline(train_message(cap), sent_ago=3.0), make_context(tmp_path), clock)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    metrics = reply.content["metrics"]
+    assert metrics["delivery-seconds"] == pytest.approx(3.0, abs=2 * TICK)
+    reserve = RunSettings().reply_reserve
+    assert metrics["reply-reserve"] == reserve
+    # client-seconds count from the server's send: the 3 s of delivery were taken out of the training time
+    assert 3.0 < metrics["client-seconds"] <= cap - reserve + 2 * TICK
+
+
+def test_a_deadline_already_gone_gets_an_error_reply_before_any_training(tmp_path: Path) -> None:
+    msg = with_deadline(train_message(8.0), sent_ago=7.0)  # 1 s left, less than the 2 s reply reserve
+    reply = call_train(msg, make_context(tmp_path), TickingClock())
+    assert reply.has_error() and "nothing left to train" in reply.error.reason
+    assert not (tmp_path / "clients" / "client_0" / "round_001").exists()
+
+
+def test_a_client_clock_behind_the_servers_counts_from_its_own_receipt(tmp_path: Path) -> None:
+    """A deadline more than a cap away on this client's clock (its clock is behind the server's): the round counts
+    from the process start instead, not from a send in this client's future."""
+    reply = call_train(with_deadline(train_message(8.0), sent_ago=-100.0), make_context(tmp_path), TickingClock())
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    metrics = reply.content["metrics"]
+    assert metrics["delivery-seconds"] == 0.0
+    assert metrics["client-seconds"] <= 8.0 - RunSettings().reply_reserve + 2 * TICK
 
 
 def test_a_cap_too_small_gets_an_error_reply_not_a_crash(tmp_path: Path) -> None:
@@ -119,6 +158,56 @@ def test_evaluate_handler_reports_metrics_on_the_clients_test_share(tmp_path: Pa
     metrics = client.evaluate(msg, make_context(tmp_path, partition_id=1)).content["metrics"]
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert 150 <= metrics["num-examples"] <= 210  # half of digits' 360 test samples
+
+
+class LoopGrid:
+    """The grid under :class:`server.TimedGrid` without a SuperLink: each pushed message gets the reply ``answer``
+    builds for it, which ``pull_messages`` hands over once ``after`` seconds have passed since the push."""
+
+    def __init__(self, answer, after: float) -> None:
+        self.answer, self.after = answer, after
+        self.pushed: list[tuple[Message, float]] = []  # each message with the wall clock at its push
+        self.replies: dict[str, tuple[Message, float]] = {}
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg_id = f"m{len(self.pushed)}"
+            self.pushed.append((msg, time.time()))
+            self.replies[msg_id] = (self.answer(msg), time.monotonic() + self.after)
+            ids.append(msg_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        ready = [i for i in message_ids if i in self.replies and time.monotonic() >= self.replies[i][1]]
+        return [self.replies.pop(i)[0] for i in ready]
+
+
+def test_the_server_sends_the_rounds_deadline_and_measures_each_replys_trip(tmp_path: Path) -> None:
+    def answer(msg: Message) -> Message:
+        if msg.metadata.dst_node_id == 12:  # its client refused the round
+            return Message(Error(code=client.ERROR_CODE, reason="timebudget client 1: nothing left to train"),
+                           reply_to=msg)
+        metrics = {"partition-id": 0, "samples": 64, "num-examples": 64, "cap-seconds": 5.0, "client-seconds": 0.1,
+                   "loss": 0.5, "reply-reserve": 2.0, "delivery-seconds": 0.0, "startup-seconds": 0.0}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    log = server.RoundLog(tmp_path / "rounds.jsonl")
+    grid = server.TimedGrid(LoopGrid(answer, after=0.3), log)
+    config = ConfigRecord({"server-round": 1, "round-seconds": 5.0})
+    messages = [Message(RecordDict({"config": config}), metadata=Metadata(
+        run_id=1, message_id="", src_node_id=1, dst_node_id=node, reply_to_message_id="", group_id="1",
+        created_at=time.time(), ttl=3600.0, message_type=MessageType.TRAIN)) for node in (11, 12)]
+    before = time.time()
+    replies = list(grid.send_and_receive(messages, timeout=5.0))
+    assert len(replies) == 2
+    for msg, pushed_at in grid.grid.pushed:  # the deadline: the wall clock at the send (before the push) + the cap
+        assert before + 5.0 <= msg.content["config"][DEADLINE_KEY] <= pushed_at + 5.0
+    records = {r["node"]: r for r in log.records}
+    # seen no earlier than 0.3 s after the send, of which the client says it used 0.1 s: the rest was the trip
+    assert records[11]["trip_s"] >= 0.2 and log.reply_paths[11] == pytest.approx(records[11]["trip_s"], abs=1e-3)
+    assert records[11]["in_time"] and records[11]["client"] == 0
+    assert records[12]["client"] == 1 and "nothing left" in records[12]["error"] and 12 not in log.reply_paths
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -167,26 +256,32 @@ def federated(out: Path, *argv: str) -> subprocess.Popen[str]:
 
 
 def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path) -> None:
+    """Client 0 (half speed) trains; client 1's own cap of 1 s cannot hold a round, so it answers each with an error,
+    in time, which the records and the table show under its name."""
     out = tmp_path / "fed"
-    proc = federated(out, "--clients", "2", "--rounds", "2", "--round-seconds", "12", "--client-speed", "1,0.5")
+    proc = federated(out, "--clients", "2", "--rounds", "2", "--round-seconds", "12", "--client-speed", "0.5,1",
+                     "--client-caps", ",1")
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     replies = [r for r in records if "node" in r]
     globals_ = [r for r in records if "test_metrics" in r]
     assert [r["round"] for r in globals_] == [0, 1, 2]
-    assert sorted((r["round"], r["client"]) for r in replies if r["client"] is not None) == sorted(
-        (r["round"], r["client"]) for r in replies if r["client"] is not None)
-    assert sorted(r["round"] for r in replies) == [1, 1, 2, 2]
+    assert sorted((r["round"], r["client"]) for r in replies) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     for r in replies:
         assert {"round", "client", "cap_s", "seconds", "samples", "in_time"} <= r.keys()
-        assert r["cap_s"] == 12.0
-        if r["in_time"] and "error" not in r:
-            assert r["samples"] > 0 and r["seconds"] <= 12.0
-    assert {r["client"] for r in replies if r["in_time"] and "error" not in r} <= {0, 1}
+    trained = [r for r in replies if "error" not in r]
+    errors = [r for r in replies if "error" in r]
+    assert {r["client"] for r in errors} == {1} and all("nothing left to train" in r["error"] for r in errors)
+    assert all(r["in_time"] and r["seconds"] <= 12.0 for r in errors)  # refused at once, not late
+    for r in trained:
+        assert r["client"] == 0 and r["cap_s"] == 12.0
+        if r["in_time"]:
+            assert r["samples"] > 0 and r["seconds"] <= 12.0 and r["trip_s"] >= 0.0
     summary = json.loads((out / "summary.json").read_text())
-    assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][1]["speed"] == 0.5
-    assert "in time" in stdout
+    assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][0]["speed"] == 0.5
+    assert summary["clients"][1]["in_time"] == 0 and summary["clients"][1]["errors"]
+    assert "in time" in stdout and "nothing left to train" in stdout
     assert flower_processes(out) == []
 
 

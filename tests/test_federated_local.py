@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from timebudget import Config, models, train
+from timebudget import Config, models, strategies, train
 from timebudget.data import ArrayDataset, load
 from timebudget.federated import local
 from timebudget.errors import BudgetTooSmall
-from timebudget.federated.settings import SETUP_FILE, NodeSettings, RunSettings, budget_start, refuse_early
+from timebudget.federated.settings import (DEADLINE_KEY, REPLY_PATH_KEY, SETUP_FILE, NodeSettings, RunSettings,
+                                           budget_start, refuse_early, reply_reserve, round_sent_at)
 from timebudget.trainer import RunHooks
 
 from conftest import FakeClock
@@ -57,6 +58,16 @@ def test_budget_counts_from_the_servers_send_or_the_process_start_whichever_is_e
                               wall=lambda: 100.0) == clock.t - 2.0
     assert budget_start(sent_at=50.0, cap_s=10.0, process_start=clock.t, now=clock,
                               wall=lambda: 100.0) == clock.t - 10.0
+
+
+def test_the_round_is_sent_at_the_servers_deadline_less_its_cap_else_at_the_messages_creation() -> None:
+    assert round_sent_at({DEADLINE_KEY: 130.0, "round-seconds": 30.0}, created_at=99.0) == 100.0
+    assert round_sent_at({"round-seconds": 30.0}, created_at=99.0) == 99.0  # another ServerApp: no deadline
+
+
+def test_the_reply_reserve_follows_the_longest_trip_the_server_measured() -> None:
+    assert reply_reserve({}, first_round_s=2.0) == 2.0
+    assert reply_reserve({REPLY_PATH_KEY: 0.4}, first_round_s=2.0) == pytest.approx(1.5 * 0.4 + 0.5)  # below 2 s
 
 
 def test_node_settings_are_checked() -> None:
@@ -111,7 +122,30 @@ def test_run_hooks_shape_one_run(tmp_path: Path) -> None:
 
 def test_a_round_the_last_measurements_cannot_fit_is_refused_at_once(tmp_path: Path) -> None:
     refuse_early(tmp_path, elapsed=5.0, seconds=6.0)  # nothing measured yet: no refusal
+    with pytest.raises(BudgetTooSmall, match="nothing left to train"):
+        refuse_early(tmp_path, elapsed=6.5, seconds=6.0)  # the deadline less the reply's trip has passed
     (tmp_path / SETUP_FILE).write_text('{"import_s": 3.0, "setup_s": 1.0, "step_s": 0.1, "tail_s": 0.4}')
     refuse_early(tmp_path, elapsed=4.0, seconds=6.0)  # 4 + 1.5 fits in 6
     with pytest.raises(BudgetTooSmall, match="needed 4.50 s"):
         refuse_early(tmp_path, elapsed=4.0, seconds=6.0, before_import=True)  # the imports are still to come
+
+
+def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_values_start_fresh(tmp_path: Path) -> None:
+    config = Config(seconds=5.0, data="digits", strategy="random", filter_noisy="true").validate()
+    earlier = {"inner": {"used": torch.tensor([True, False, True])}, "next_fit": 0.9,
+               "streak": torch.tensor([0, 2, 1], dtype=torch.int32), "excluded": torch.tensor([False, True, False])}
+    fresh = strategies.build(config, "classification")
+    hook = local.StrategyCarry(earlier)
+    hook(fresh, torch.device("cpu"))
+    assert torch.equal(fresh.inner.used, earlier["inner"]["used"])  # random's cycle goes on where it stopped
+    assert torch.equal(fresh.streak, earlier["streak"]) and torch.equal(fresh.excluded, earlier["excluded"])
+    assert fresh.next_fit == config.select_warmup  # counted in this run's progress: fresh, not 0.9 of the last run
+    (tmp_path / "round_001").mkdir()
+    hook.save(tmp_path / "round_001")
+    saved = local.previous(tmp_path, 2, local.STRATEGY_FILE)
+    assert torch.equal(saved["excluded"], earlier["excluded"]) and saved["next_fit"] == config.select_warmup
+    untouched = strategies.build(dataclasses.replace(config, filter_noisy="auto"), "classification")
+    assert untouched.mixture is None  # auto: scikit-learn left to the first fit...
+    local.StrategyCarry(None)(untouched, torch.device("cpu"))  # a first round: nothing to carry
+    assert untouched.streak is None and untouched.inner.used is None
+    assert untouched.mixture is not None  # ...but loaded in a client round's start-up

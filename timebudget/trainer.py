@@ -49,14 +49,17 @@ class RunHooks:
     """How a caller that runs ``train`` repeatedly (a federated client, one call per round) shapes one run, without
     the loop knowing why: ``subset`` maps the loaded bundle (e.g. to this client's partition), ``weights`` and
     ``scores`` are the state to start from instead of a fresh model and an empty score table, ``schedule`` replaces
-    the configured learning-rate schedule (a multiplier of ``lr`` by window fraction), and ``wrap_step`` wraps the
-    optimizer step (e.g. to slow it down on purpose). Every field is optional; ``RunHooks()`` changes nothing."""
+    the configured learning-rate schedule (a multiplier of ``lr`` by window fraction), ``wrap_step`` wraps the
+    optimizer step (e.g. to slow it down on purpose), and ``strategy`` is called with the built strategy and the
+    device (e.g. to load its bookkeeping from an earlier run). Every field is optional; ``RunHooks()`` changes
+    nothing."""
 
     subset: Callable[[data.DataBundle], data.DataBundle] | None = None
     weights: dict[str, torch.Tensor] | None = None
     scores: dict[str, torch.Tensor] | None = None
     schedule: schedules.Schedule | None = None
     wrap_step: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None
+    strategy: Callable[[strategies.Strategy, torch.device], None] | None = None
 
 
 @dataclass
@@ -295,6 +298,8 @@ class _Run:
         if hooks.scores is not None:
             self.scores.load_state_dict(hooks.scores)
         self.strategy = strategies.build(config, bundle.task)
+        if hooks.strategy is not None:
+            hooks.strategy(self.strategy, device)
         schedule = hooks.schedule or schedules.build(config.schedule, config.warmup or 0.0, config.step_milestones)
         self.schedule = schedules.TimeSchedule(self.optimizer, config.lr, schedule)
         self.averaged: EMA | None = None

@@ -1,10 +1,14 @@
 """The ClientApp: a Flower client that trains until its round's deadline and answers before it.
 
 Flower 1.42 starts a fresh ``flwr-clientapp`` process for every message (the SuperNode's SuperExec launches one per
-task), so everything this client costs before training (its process start, the flwr, torch and data imports, loading
-the weights) is inside the round: the budget counts from the server's send (the message's ``created_at``, and at the
-latest this process's start), and the reply's cost (serialising the weights, Flower's delivery) is reserved at the
-end. State across rounds (the score table) lives in the client's own folder under the run's ``out``.
+task, and the process exits after its one reply; no flwr 1.42 setting keeps one running), so everything this client
+costs before training (Flower's delivery, its process start, the flwr, torch and data imports, loading the weights) is
+inside the round. The client needs no estimate of it: the server sends the round's deadline on its wall clock
+(``settings.DEADLINE_KEY``, with the cap), the client trains until that deadline less the reply's trip, which the
+server measures for each node and sends back in the next round's config, and it reads only the clock. A message
+without a deadline (another ServerApp) counts from its ``created_at``, and at the latest from this process's start.
+State across rounds (the score table, the strategy's bookkeeping) lives in the client's own folder under the run's
+``out``.
 """
 from __future__ import annotations
 
@@ -16,14 +20,8 @@ from flwr.clientapp import ClientApp
 
 from ..clock import process_start_time
 from ..errors import TimebudgetError, first_line
-from .settings import REPLY_PATH_KEY, NodeSettings, RunSettings, budget_start, node_dir, refuse_early
-
-# The SuperNode looks for finished replies every 0.5 s (flwr 1.42): a measured reply path may have caught it at once.
-REPLY_JITTER_S = 0.5
-# The path varies with the machine's load: at load 14 on 2 cores one reply took 1.9 s where the longest seen before
-# was 0.4 s, and 2.8 s when three clients replied at once. The reserve is the larger of the run's ``reply-reserve``
-# and this multiple of the longest path seen, plus the poll.
-REPLY_SAFETY = 1.5
+from .settings import (NodeSettings, RunSettings, budget_start, error_reason, node_dir, refuse_early,
+                       reply_reserve, round_sent_at)
 
 ERROR_CODE = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the server logs the reason and drops the reply
 
@@ -59,31 +57,31 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
         if node.cap_seconds is not None:
             cap = min(cap, node.cap_seconds)
         process_start = process_start_time(now) if process_start is None else process_start
-        start = budget_start(msg.metadata.created_at, cap, process_start, now, wall)
+        start = budget_start(round_sent_at(round_config, msg.metadata.created_at), cap, process_start, now, wall)
         entered = now()
         startup = {"delivery-seconds": process_start - start, "startup-seconds": entered - process_start}
-        path = round_config.get(f"{REPLY_PATH_KEY}.{context.node_id}")
-        reply_reserve = max(run.reply_reserve, (REPLY_SAFETY * float(path) + REPLY_JITTER_S) if path else 0.0)
+        reserve = reply_reserve(round_config, run.reply_reserve)
         if run.mode == "timebudget":  # a round it cannot fit is refused before paying for the torch import
-            refuse_early(node_dir(run, node), entered - start, cap - reply_reserve, before_import=True)
+            refuse_early(node_dir(run, node), entered - start, cap - reserve, before_import=True)
         from . import local
 
         t0 = now()
         weights = msg.content["arrays"].to_torch_state_dict()
         ArrayRecord(weights)  # time one serialisation: the reply's own
-        reply_s = (now() - t0) + reply_reserve
+        reply_s = (now() - t0) + reserve
         if run.mode == "epochs":
             result = local.fixed_epochs(weights, run, node, run.local_epochs, now)
         else:
             result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now, entered)
         arrays = ArrayRecord(result.weights)
-        metrics = MetricRecord({**result.metrics, **startup, "cap-seconds": cap, "client-seconds": now() - start})
+        metrics = MetricRecord({**result.metrics, **startup, "cap-seconds": cap, "reply-reserve": reserve,
+                                "client-seconds": now() - start})
         print(f"timebudget client {node.partition_id} round {server_round}: delivered after "
               f"{startup['delivery-seconds']:.2f} s, process start-up {startup['startup-seconds']:.2f} s, "
               f"{result.metrics['samples']:.0f} samples, replying at {metrics['client-seconds']:.2f} s of {cap:g} s",
               flush=True)  # into the SuperNode's log
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     except TimebudgetError as exc:
-        who = f"client {context.node_config.get('partition-id', '?')}"
-        print(f"timebudget {who}: error: {first_line(exc)}", flush=True)
-        return Message(Error(code=ERROR_CODE, reason=f"timebudget {who}: {first_line(exc)}"), reply_to=msg)
+        reason = error_reason(context.node_config.get("partition-id", "?"), first_line(exc))
+        print(f"error: {reason}", flush=True)
+        return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)

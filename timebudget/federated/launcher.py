@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 from .. import artifacts
 from ..errors import TimebudgetError
-from .settings import NodeSettings, RunSettings
+from .settings import REPLY_RESERVE_S, NodeSettings, RunSettings
 
 INSTALL_HINT = "timebudget federated needs Flower: pip install 'timebudget[federated]' (flwr>=1.21,<1.43)"
 READY_TIMEOUT_S = 60.0
@@ -81,6 +82,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--lr-decay", dest="lr_decay", default="round", choices=("round", "federation"),
                    help="round (default): the learning rate decays to zero within each round; federation: one linear "
                    "decay across all rounds")
+    f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=REPLY_RESERVE_S, metavar="SECONDS",
+                   help="seconds each client keeps for its reply's trip to the server in the first round, before the "
+                   f"server has measured that trip (default {REPLY_RESERVE_S:g})")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config field of every client's run, repeatable (e.g. --set batch_size=32)")
@@ -116,7 +120,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, list[Node
                       data=args.data, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
                       model=args.model, strategy=args.strategy, partition=args.partition, seed=args.seed,
                       mode=args.mode, local_epochs=args.local_epochs, lr_decay=args.lr_decay,
-                      overrides=" ".join(args.set)).validate()
+                      reply_reserve=args.reply_reserve, overrides=" ".join(args.set)).validate()
     speeds = per_client(args.client_speed, run.clients, "client-speed", allow_empty=False)
     caps = per_client(args.client_caps, run.clients, "client-caps", allow_empty=True)
     nodes = [NodeSettings(i, run.clients, speeds[i] or 1.0, caps[i]) for i in range(run.clients)]
@@ -366,10 +370,14 @@ def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float) -> dic
         clients.append({
             "client": node.partition_id, "speed": node.speed, "cap_s": node.cap_seconds,
             "replies": len(mine), "in_time": len(ok), "in_time_pct": 100.0 * len(ok) / max(len(mine), 1),
-            "errors": sorted({x["error"] for x in mine if "error" in x}),
+            "errors": [x["error"] for x in mine if "error" in x],
             "samples_per_round": sum(x["samples"] or 0 for x in ok) / max(len(ok), 1),
             "seconds_per_round": sum(x["seconds"] for x in ok) / max(len(ok), 1),
             "idle_s": sum(round_end[x["round"]] - x["seconds"] for x in ok),
+            # before its first step: Flower's delivery and the ClientApp process's start-up (median), and the longest
+            # trip of a reply from the client's return to the server's receipt
+            "start_s": _median([x["delivery_s"] + x["startup_s"] for x in mine if "delivery_s" in x]),
+            "trip_s": max((x["trip_s"] for x in mine if "trip_s" in x), default=None),
         })
     final = rounds.get(run.rounds, {})
     summary = {"settings": run.to_run_config(), "wall_s": round(wall_s, 2), "clients": clients,
@@ -381,13 +389,23 @@ def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float) -> dic
     return summary
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def table(summary: dict[str, Any]) -> str:
-    lines = ["client  speed  cap_s  in time  samples/round  seconds/round  idle_s  errors"]
+    lines = ["client  speed  cap_s  in time  samples/round  seconds/round  idle_s  start_s  trip_s  errors"]
     for c in summary["clients"]:
         cap = "-" if c["cap_s"] is None else f"{c['cap_s']:g}"
+        errors = c["errors"]
         lines.append(f"{c['client']:>6}  {c['speed']:>5g}  {cap:>5}  {c['in_time']:>3}/{c['replies']:<3}  "
                      f"{c['samples_per_round']:>13.0f}  {c['seconds_per_round']:>13.2f}  {c['idle_s']:>6.1f}  "
-                     f"{'; '.join(c['errors']) or '-'}")
+                     f"{_seconds(c['start_s']):>7}  {_seconds(c['trip_s']):>6}  "
+                     f"{f'{len(errors)}, the last: {errors[-1]}' if errors else '-'}")
     lines.append("round  " + "  ".join(f"{r['round']:>6}" for r in summary["rounds"]))
     keys = list(summary["rounds"][0]["test_metrics"]) if summary["rounds"] else []
     for key in keys:

@@ -2,8 +2,9 @@
 every round, and every reply's timing written to ``rounds.jsonl``.
 
 Flower 1.42's grid polls for replies every 3 s, so a reply that arrives in time can be seen up to 3 s late, or not at
-all when the timeout falls before the next poll. :class:`TimedGrid` wraps the grid FedAvg is given: it sends through
-it, polls every 0.1 s until the timeout, and notes when each reply arrived; FedAvg is unchanged.
+all when the timeout falls before the next poll. :class:`TimedGrid` wraps the grid FedAvg is given: it writes the
+round's deadline (its wall clock at the send plus the timeout) into each training message, sends through the grid,
+polls every 0.1 s until the timeout, and notes when each reply arrived; FedAvg is unchanged.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .. import artifacts, data, models
 from ..batches import Batches
 from ..trainer import evaluate, resolve_defaults
 from .local import train_config
-from .settings import REPLY_PATH_KEY, RunSettings
+from .settings import DEADLINE_KEY, REPLY_PATH_KEY, RunSettings, error_client
 
 POLL_S = 0.1
 
@@ -38,7 +39,9 @@ class RoundLog:
         self.path = path
         self.records: list[dict[str, Any]] = []
         self.clients: dict[int, int] = {}  # node id -> partition id
-        self.reply_paths: dict[int, float] = {}  # node id -> longest seconds from its ClientApp's return to receipt
+        # node id -> longest seconds from its ClientApp's return to the server's receipt, as the server can tell: its
+        # own seconds from send to receipt less the seconds the client says it used since the send
+        self.reply_paths: dict[int, float] = {}
 
     def add(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -53,8 +56,8 @@ class RoundLog:
 
 
 class DeadlineFedAvg(FedAvg):
-    """Flower's FedAvg, whose round config also tells each node how long its replies took to reach the server after
-    its ClientApp returned (the longest seen), so the client reserves its own measured return path."""
+    """Flower's FedAvg, whose round config also tells the clients how long replies took to reach the server after a
+    ClientApp returned: the longest trip seen from any node, so each client reserves a measured return path."""
 
     def __init__(self, log: RoundLog, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -62,19 +65,21 @@ class DeadlineFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
-        for node, path in self.log.reply_paths.items():
-            config[f"{REPLY_PATH_KEY}.{node}"] = path
+        if self.log.reply_paths:
+            config[REPLY_PATH_KEY] = max(self.log.reply_paths.values())
         return super().configure_train(server_round, arrays, config, grid)
 
 
 class TimedGrid(Grid):
-    """The grid FedAvg sends through: the same messages, a 0.1 s poll for replies, and a record of each training
-    reply's seconds from the send to the poll that found it at the SuperLink (``in_time``: by the timeout). Replies
-    that miss their round are looked for again before the next send and recorded as ``late``."""
+    """The grid FedAvg sends through: the same messages, each training message with the round's deadline (the
+    server's ``time.time()`` at the send plus the timeout, the same instant the timeout counts from), a 0.1 s poll for
+    replies, and a record of each training reply's seconds from the send to the poll that found it at the SuperLink
+    (``in_time``: by the timeout). Replies that miss their round are looked for again before the next send and
+    recorded as ``late``."""
 
     def __init__(self, grid: Grid, log: RoundLog) -> None:
         self.grid, self.log = grid, log
-        self.late: dict[str, tuple[dict[str, Any], float]] = {}  # message id -> its record and when it was sent
+        self.late: dict[str, tuple[dict[str, Any], float, float]] = {}  # message id -> its record, send and timeout
 
     def set_run(self, run: Any) -> None:
         self.grid.set_run(run)
@@ -98,7 +103,11 @@ class TimedGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         self._collect_late()
         messages = list(messages)
-        sent = time.monotonic()
+        training = bool(messages) and messages[0].metadata.message_type == MessageType.TRAIN
+        sent_wall, sent = time.time(), time.monotonic()
+        if training and timeout is not None:
+            for msg in messages:
+                msg.content["config"][DEADLINE_KEY] = sent_wall + timeout
         ids = list(self.grid.push_messages(messages))
         waiting = dict(zip(ids, messages))
         replies: list[Message] = []
@@ -111,17 +120,17 @@ class TimedGrid(Grid):
                     arrived[reply.metadata.reply_to_message_id] = polled - sent  # at the SuperLink by this poll
             if waiting:
                 time.sleep(min(POLL_S, max(0.0, end - time.monotonic())))
-        if messages and messages[0].metadata.message_type == MessageType.TRAIN:
+        if training:
             by_id = {r.metadata.reply_to_message_id: r for r in replies}
             for msg_id, msg in zip(ids, messages):
                 record: dict[str, Any] = {"round": int(msg.content["config"]["server-round"]), "client": None,
                                           "node": msg.metadata.dst_node_id, "cap_s": timeout, "seconds": None,
                                           "samples": None, "in_time": False}
                 if msg_id in by_id:
-                    self._describe(record, by_id[msg_id], arrived[msg_id])
+                    self._describe(record, by_id[msg_id], arrived[msg_id], arrived[msg_id])
                     record["in_time"] = timeout is None or arrived[msg_id] <= timeout
                 else:
-                    self.late[msg_id] = (record, sent)
+                    self.late[msg_id] = (record, sent, timeout if timeout is not None else 0.0)
                 record["client"] = self.log.clients.get(record["node"])
                 self.log.add(record)
         return replies
@@ -133,23 +142,28 @@ class TimedGrid(Grid):
             return
         polled = time.monotonic()
         for reply in self.grid.pull_messages(list(self.late)):
-            record, sent = self.late.pop(reply.metadata.reply_to_message_id, (None, 0.0))
-            if record is not None:
-                self._describe(record, reply, polled - sent)
+            record, sent, timeout = self.late.pop(reply.metadata.reply_to_message_id, (None, 0.0, 0.0))
+            if record is not None:  # it came after the timeout: its trip was at least the rest of the round
+                self._describe(record, reply, polled - sent, min(timeout, polled - sent))
                 record["late"] = True
 
-    def _describe(self, record: dict[str, Any], reply: Message, seconds: float) -> None:
+    def _describe(self, record: dict[str, Any], reply: Message, seconds: float, trip_end: float) -> None:
+        """Fill ``record`` from ``reply``, seen ``seconds`` after the send; the reply's trip is counted as ending at
+        ``trip_end`` (``seconds``, or the timeout for a late reply, whose arrival is known only by the next poll)."""
         record["seconds"] = round(seconds, 4)
         node = record["node"]
         if reply.has_error():
             record["error"] = reply.error.reason
+            if (client := error_client(reply.error.reason)) is not None:
+                self.log.clients[node] = client
             return
         metrics = reply.content["metrics"]
         self.log.clients[node] = int(metrics["partition-id"])
-        path = max(0.0, seconds - metrics["client-seconds"])
+        path = max(0.0, trip_end - metrics["client-seconds"])
         self.log.reply_paths[node] = max(path, self.log.reply_paths.get(node, 0.0))
         record.update(samples=int(metrics["samples"]), cap_s=metrics["cap-seconds"],
-                      client_seconds=round(metrics["client-seconds"], 4), loss=metrics["loss"],
+                      client_seconds=round(metrics["client-seconds"], 4), loss=metrics["loss"], trip_s=round(path, 3),
+                      reply_reserve=round(metrics.get("reply-reserve", float("nan")), 3),
                       delivery_s=round(metrics["delivery-seconds"], 3), startup_s=round(metrics["startup-seconds"], 3))
 
 

@@ -20,14 +20,30 @@ from .partition import parse_scheme
 
 MODES = ("timebudget", "epochs")
 LR_DECAYS = ("round", "federation")
-# Seconds a reply spends between the ClientApp's return and the server seeing it, reserved at least: in flwr 1.42
-# the ClientApp process pushes its reply to the SuperNode, which looks for finished replies every 0.5 s and sends it
-# to the SuperLink, where the server polls every 0.1 s (``server.TimedGrid``); 0.3 to 1.6 s measured on loopback on a
-# loaded 2-core machine, up to 2.8 s at load 14 when three clients replied at once. From the second round on, the
-# server sends each node the longest path it measured for that node (``REPLY_PATH_KEY.<node id>`` in the round's
-# config), and the client reserves the larger of this floor and 1.5 times that path plus 0.5 s.
-REPLY_RESERVE_S = 3.0
+# The round's end on the server's wall clock: its ``time.time()`` when it sends the round plus the cap (the instant its
+# timeout counts from), in every training message's config next to the cap (``round-seconds``). The client trains
+# until this deadline less its reply reserve, so Flower's delivery, the SuperNode's 3 s poll for messages, the
+# per-message ``flwr-clientapp`` process start and the imports all count against the round without being guessed.
+# Clocks: processes on one host (the loopback launcher) share one clock, and NTP keeps hosts within milliseconds. A
+# client whose clock reads behind the server's still starts the round at the latest at its own process start (the
+# message's receipt); one ahead stops early. Either error lands in the reply trip the server measures (its seconds
+# from send to receipt less the seconds the client says it used) and the client reserves in its next rounds.
+DEADLINE_KEY = "deadline"
+# The reply's trip: from the ClientApp's return to the server seeing the reply. In flwr 1.42 the ClientApp process
+# pushes its reply to the SuperNode, which looks for finished replies every 0.5 s and sends it to the SuperLink, where
+# the server polls every 0.1 s (``server.TimedGrid``): 0.35 to 0.5 s measured on loopback at load 1 on 2 cores, up
+# to 2.8 s at load 14 when three clients replied at once. From the second round on, the server sends the longest trip
+# it measured from any node (``REPLY_PATH_KEY`` in the round's config) and the client reserves ``REPLY_SAFETY`` times
+# that plus ``REPLY_JITTER_S`` (the SuperNode's poll, which the measured trip may have caught at once); before any
+# measurement, the run's ``reply-reserve`` (``REPLY_RESERVE_S`` unless set). Any node's, not each node's own: under
+# load the trips have a heavy tail (0.2 to 1.9 s at load 7 on 2 cores, median 0.45 s), and one node's first trip or
+# two (0.46 s) let its next one (1.31 s) come late; a fleet with one slow link reserves for it everywhere, which costs
+# the others that much training and no replies.
 REPLY_PATH_KEY = "reply-path-seconds"
+REPLY_RESERVE_S = 2.0
+REPLY_SAFETY = 1.5
+REPLY_JITTER_S = 0.5
+ERROR_PREFIX = "timebudget client "  # an error reply's reason: "timebudget client K: why", K its partition id
 SETUP_FILE = "setup.json"  # a client's last measured costs before training, to refuse a round it cannot fit at once
 
 
@@ -65,6 +81,8 @@ class RunSettings:
             raise TimebudgetError(f"unknown lr decay {self.lr_decay!r}; allowed: {', '.join(LR_DECAYS)}")
         if self.local_epochs < 1:
             raise TimebudgetError(f"--local-epochs must be >= 1, got {self.local_epochs}")
+        if not (self.reply_reserve >= 0 and math.isfinite(self.reply_reserve)):
+            raise TimebudgetError(f"--reply-reserve must be a number >= 0, got {self.reply_reserve!r}")
         if not 0.0 <= self.fraction_evaluate <= 1.0:
             raise TimebudgetError(f"fraction-evaluate must be in [0, 1], got {self.fraction_evaluate}")
         parse_scheme(self.partition)
@@ -119,6 +137,17 @@ class NodeSettings:
         return text + (f" cap-seconds={self.cap_seconds:g}" if self.cap_seconds is not None else "")
 
 
+def error_reason(partition_id: Any, why: str) -> str:
+    """An error reply's reason, naming the client so the server can put the error in that client's row."""
+    return f"{ERROR_PREFIX}{partition_id}: {why}"
+
+
+def error_client(reason: str) -> int | None:
+    """The partition id an error reply's reason names (see :func:`error_reason`), if any."""
+    head = reason[len(ERROR_PREFIX):].split(":", 1)[0] if reason.startswith(ERROR_PREFIX) else ""
+    return int(head) if head.isdigit() else None
+
+
 def node_dir(run: RunSettings, node: NodeSettings) -> Path:
     """The client's own folder across rounds (its runs, score tables and measured costs), since Flower recreates the
     ClientApp (and in 1.42 its whole process) for every message."""
@@ -126,10 +155,18 @@ def node_dir(run: RunSettings, node: NodeSettings) -> Path:
 
 
 def refuse_early(folder: Path, elapsed: float, seconds: float, before_import: bool = False) -> None:
-    """Raise :class:`BudgetTooSmall` at once, while an error reply still reaches the server in time, when what this
-    client measured in its last round (the imports and weights before training when ``before_import``, the set-up of
-    data, model and calibration, one step and the tail) cannot fit in the ``seconds`` left after ``elapsed``. Reads
-    only JSON, so the ClientApp can call it before it imports torch."""
+    """Raise :class:`BudgetTooSmall` at once, while an error reply still reaches the server in time, when the
+    ``seconds`` this client may use (its cap less the reply's reserve) are gone after ``elapsed`` (Flower's delivery and
+    the process start-up), or when what it measured in its last round (the imports and weights before training when
+    ``before_import``, the set-up of data, model and calibration, one step and the tail) cannot fit in what is left.
+    Reads only JSON, so the ClientApp can call it before it imports torch."""
+    if seconds <= 0:
+        raise BudgetTooSmall(f"round cap is {-seconds:.2f} s shorter than the reply's reserve: nothing left to train")
+    if elapsed >= seconds:
+        raise BudgetTooSmall(
+            f"round cap less the reply's reserve leaves {seconds:.2f} s, and Flower's delivery and this client's "
+            f"start-up took {elapsed:.2f} s: nothing left to train"
+        )
     path = folder / SETUP_FILE
     if not path.exists():
         return
@@ -137,9 +174,25 @@ def refuse_early(folder: Path, elapsed: float, seconds: float, before_import: bo
     needed = last["setup_s"] + last["step_s"] + last["tail_s"] + (last["import_s"] if before_import else 0.0)
     if elapsed + needed > seconds:
         raise BudgetTooSmall(
-            f"round cap leaves {seconds - elapsed:.2f} s after Flower's delivery and this client's start-up "
-            f"({elapsed:.2f} s), and its last round needed {needed:.2f} s to load, set up, take one step and finish"
+            f"round cap less the reply's reserve leaves {seconds - elapsed:.2f} s after Flower's delivery and this "
+            f"client's start-up ({elapsed:.2f} s), and its last round needed {needed:.2f} s to load, set up, take "
+            "one step and finish"
         )
+
+
+def round_sent_at(round_config: Mapping[str, Any], created_at: float) -> float:
+    """The server's send of this round on its wall clock: the round's deadline less its cap, or, from a server that
+    sends no deadline (any other ServerApp), the message's creation stamp."""
+    if DEADLINE_KEY in round_config and "round-seconds" in round_config:
+        return float(round_config[DEADLINE_KEY]) - float(round_config["round-seconds"])
+    return created_at
+
+
+def reply_reserve(round_config: Mapping[str, Any], first_round_s: float) -> float:
+    """Seconds to keep for the reply's trip to the server: from the longest trip the server measured in earlier rounds
+    (see ``REPLY_PATH_KEY``), else ``first_round_s``."""
+    path = round_config.get(REPLY_PATH_KEY)
+    return first_round_s if path is None else REPLY_SAFETY * float(path) + REPLY_JITTER_S
 
 
 def budget_start(sent_at: float, cap_s: float, process_start: float, now: Callable[[], float] = time.monotonic,
