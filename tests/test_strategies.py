@@ -451,3 +451,22 @@ def test_filter_on_regression_data_is_refused_before_training(tmp_path: Path) ->
     with pytest.raises(TimebudgetError, match="filter_noisy needs a classification task, this data is regression"):
         train(Config(seconds=30, data=str(path), filter_noisy=True, quiet=True, out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_torch_mixture_fits_as_scikit_learn_does() -> None:
+    """The filter's EM (no scikit-learn import inside the training window) finds the mixture scikit-learn finds with
+    the same start, tolerance and variance floor, and the same high-loss samples."""
+    from sklearn.mixture import GaussianMixture
+
+    from timebudget.strategies.noisy import ashman_d, fit_mixture
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([0.15 + 0.08 * torch.randn(800, generator=g), 0.75 + 0.1 * torch.randn(200, generator=g)])
+    x = x.clamp(0, 1).double()
+    ours = fit_mixture(x)
+    theirs = GaussianMixture(2, tol=1e-2, reg_covar=5e-4, means_init=[[0.0], [1.0]]).fit(x.numpy().reshape(-1, 1))
+    assert torch.allclose(ours.means, torch.as_tensor(theirs.means_.ravel()), atol=0.01)
+    assert torch.allclose(ours.weights, torch.as_tensor(theirs.weights_), atol=0.01)
+    high = theirs.predict_proba(x.numpy().reshape(-1, 1))[:, int(theirs.means_.argmax())] > 0.5
+    assert (ours.posterior_high(x) > 0.5).eq(torch.as_tensor(high)).float().mean() > 0.99
+    assert ashman_d(ours) > 2.0

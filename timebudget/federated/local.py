@@ -21,7 +21,6 @@ from torch.utils.data import Subset
 
 from .. import artifacts, checkpoint, config as config_module, data, models, sampler, strategies
 from ..batches import Batches
-from ..strategies.noisy import NoisyFilter
 from ..errors import BudgetTooSmall
 from ..trainer import RunHooks, build_optimizer, evaluate, per_sample_loss, resolve_defaults, train
 from .partition import indices, parse_scheme
@@ -107,9 +106,7 @@ def carry(fresh: Any, earlier: Any) -> Any:
 
 class StrategyCarry:
     """The trainer's ``strategy`` hook for one client round: loads the bookkeeping of the client's earlier round into
-    the strategy the run builds, and keeps the strategy so its state can be saved when the round ends. It also loads
-    the noisy filter's scikit-learn at once, in the start-up that the trainer measures: left to the filter's first fit
-    (its ``auto`` mode), the import ran inside a timed plan and took a client 2.5 s past its window at load 7."""
+    the strategy the run builds, and keeps the strategy so its state can be saved when the round ends."""
 
     def __init__(self, earlier: dict[str, Any] | None) -> None:
         self.earlier = earlier
@@ -117,8 +114,6 @@ class StrategyCarry:
 
     def __call__(self, strategy: strategies.Strategy, device: torch.device) -> None:
         self.strategy = strategy
-        if isinstance(strategy, NoisyFilter) and strategy.mixture is None:
-            strategy.load_mixture()
         if self.earlier is not None:
             strategy.load_state_dict(checkpoint.to_device(carry(strategy.state_dict(), self.earlier), device))
 

@@ -2,11 +2,11 @@
 
 What it does: as in DivideMix (Li et al., ICLR 2020), the running-average losses of the scored samples are normalised
 to [0, 1] (min to 99th percentile, so a few extreme losses cannot claim a component for themselves) and a
-two-component scikit-learn ``GaussianMixture`` is fitted to them, its means started at the two ends (which also spares
-the slow k-means start) and run on one thread (a 1-D fit gains nothing from threads, and on a busy machine their
-start-up cost 20x the fit). A sample whose posterior of the high-loss component exceeds 0.5 in ``PERSIST`` consecutive
-fits is left out of every later epoch, whatever the wrapped strategy planned, the final full-data phase included;
-left-out samples are not trained again, so the decision stands.
+two-component 1-D Gaussian mixture is fitted to them by EM (:func:`fit_mixture`: a few tensor operations per
+iteration, the means started at the two ends; scikit-learn's ``GaussianMixture`` did the same work but its import cost
+0.6 s, 8-10 s on a busy machine, inside the training window). A sample whose posterior of the high-loss component
+exceeds 0.5 in ``PERSIST`` consecutive fits is left out of every later epoch, whatever the wrapped strategy planned,
+the final full-data phase included; left-out samples are not trained again, so the decision stands.
 
 As in DivideMix, fitting waits for a warm-up: until ``WARM_PASSES`` passes' worth of samples are trained (and
 ``select_warmup`` of the window is used), high losses mark what is not learnt yet rather than wrong labels (measured
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,13 +75,6 @@ class NoisyFilter(Strategy):
                 "sample or an outlier, not a wrong label; run without filter_noisy"
             )
         super().__init__(config, task)
-        # Forced on: imported now, not inside the first timed plan. Auto (the default for every classification run):
-        # imported at the first fit, so a run too short to fit (or a CLI run on a busy machine, where the import took
-        # 8-10 s) does not pay for it; that fit's cost, which spaces the next fits, leaves the import out.
-        self.mixture: Any = None
-        self.thread_limits: Any = None
-        if not auto:
-            self.load_mixture()
         self.inner = inner
         self.name = f"{inner.name}+filter_noisy"
         self.streak: torch.Tensor | None = None  # consecutive fits in which each sample was in the high-loss component
@@ -106,26 +100,16 @@ class NoisyFilter(Strategy):
         refresh = plan.refresh[~noisy[plan.refresh]] if plan.refresh is not None else None
         return EpochPlan(mask=mask, weights=plan.weights, phase=f"{plan.phase}+filtered", refresh=refresh)
 
-    def load_mixture(self) -> None:
-        from sklearn.mixture import GaussianMixture
-        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-        self.mixture, self.thread_limits = GaussianMixture, threadpool_limits
-
     def fit(self, ctx: EpochContext) -> None:
         """Fit the mixture, update the streaks and exclusions, and schedule the next fit by this one's cost."""
-        if self.mixture is None:
-            self.load_mixture()
         start = time.perf_counter()
         seen, loss = ctx.scores.seen, ctx.scores.average
         scored = loss[seen]
         lo = scored.min()
         hi = scored.kthvalue(max(1, math.ceil(0.99 * len(scored)))).values
         x = ((loss.clamp(max=hi) - lo) / (hi - lo).clamp_min(1e-12)).masked_fill(~seen, 0.0)
-        sample = x[seen][:: math.ceil(len(scored) / MAX_FIT)].double().cpu().numpy().reshape(-1, 1)
-        with self.thread_limits(1):
-            gmm = self.mixture(2, tol=1e-2, reg_covar=5e-4, means_init=[[0.0], [1.0]]).fit(sample)
-        high = (self.posterior(x, gmm) > 0.5) & seen
+        gmm = fit_mixture(x[seen][:: math.ceil(len(scored) / MAX_FIT)].double())
+        high = (gmm.posterior_high(x) > 0.5) & seen
         confident = float((scored > CONFIDENT_LOSS).float().mean())
         separation = ashman_d(gmm)
         self.fits.append({"progress": ctx.progress, "share": float(high.sum()) / len(scored), "confident": confident,
@@ -148,20 +132,55 @@ class NoisyFilter(Strategy):
         self.inner.load_state_dict(state["inner"])
         self.streak, self.excluded, self.next_fit = state["streak"], state["excluded"], state["next_fit"]
 
-    @staticmethod
-    def posterior(x: torch.Tensor, gmm: Any) -> torch.Tensor:
+@dataclass
+class Mixture:
+    """A two-component 1-D Gaussian mixture: weights, means and variances, each a tensor of two."""
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    variances: torch.Tensor
+
+    def log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        """log(weight_k * N(x | mean_k, variance_k)) for every entry of ``x`` (N, 2), in ``x``'s dtype and device."""
+        w, mu, var = (t.to(x.device, x.dtype) for t in (self.weights, self.means, self.variances))
+        return w.log() - 0.5 * (2 * math.pi * var).log() - (x[:, None] - mu).square() / (2 * var)
+
+    def posterior_high(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior probability of the component with the higher mean, for every entry of ``x``."""
-        means = torch.as_tensor(gmm.means_.ravel(), dtype=x.dtype, device=x.device)
-        var = torch.as_tensor(gmm.covariances_.ravel(), dtype=x.dtype, device=x.device)
-        prior = torch.as_tensor(gmm.weights_, dtype=x.dtype, device=x.device)
-        log_p = prior.log() - 0.5 * (2 * math.pi * var).log() - (x[:, None] - means).square() / (2 * var)
-        return log_p.softmax(dim=1)[:, int(means.argmax())]
+        return self.log_joint(x).softmax(dim=1)[:, int(self.means.argmax())]
 
 
-def ashman_d(gmm: Any) -> float:
+def fit_mixture(x: torch.Tensor, tol: float = 1e-2, reg_covar: float = 5e-4, max_iter: int = 100) -> Mixture:
+    """EM for two 1-D Gaussians on ``x`` in [0, 1], as scikit-learn's ``GaussianMixture(2, tol, reg_covar)`` with
+    ``means_init=[0, 1]``: responsibilities start from the nearer end, the means start at the two ends, and EM stops
+    when the mean log-likelihood per sample changes by less than ``tol``."""
+    near_high = (x > 0.5).to(x.dtype)
+    resp = torch.stack([1.0 - near_high, near_high], dim=1)
+    mixture = _m_step(x, resp, reg_covar)
+    mixture.means = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
+    previous = -math.inf
+    for _ in range(max_iter):
+        log_joint = mixture.log_joint(x)
+        log_norm = log_joint.logsumexp(dim=1)
+        mixture = _m_step(x, (log_joint - log_norm[:, None]).exp(), reg_covar)
+        current = float(log_norm.mean())
+        if abs(current - previous) < tol:
+            break
+        previous = current
+    return mixture
+
+
+def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float) -> Mixture:
+    counts = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
+    means = (resp * x[:, None]).sum(0) / counts
+    variances = (resp * (x[:, None] - means).square()).sum(0) / counts + reg_covar
+    return Mixture(counts / len(x), means, variances)
+
+
+def ashman_d(gmm: Mixture) -> float:
     """Ashman's D of a two-component 1-D mixture: the distance of the means in units of the pooled spread; above 2 the
     components are clearly separated (the mixture is bimodal)."""
-    means, var = gmm.means_.ravel(), gmm.covariances_.ravel()
+    means, var = gmm.means.tolist(), gmm.variances.tolist()
     return float(math.sqrt(2.0) * abs(means[0] - means[1]) / math.sqrt(var[0] + var[1]))
 
 
