@@ -108,7 +108,7 @@ def test_compiled_runs_keep_their_cache_in_a_keyed_folder_cold_then_warm(tmp_pat
     x = g.normal(size=(320, 6)).astype(np.float32)
     np.savez(tmp_path / "tab.npz", x_train=x[:256], y_train=(x[:256, 0] > 0).astype(np.int64), x_test=x[256:],
              y_test=(x[256:, 0] > 0).astype(np.int64))
-    states, key = [], f"mlp-6-b64-fp32-{'cuda' if torch.cuda.is_available() else 'cpu'}"
+    states, key = [], f"mlp-6-b32-fp32-{'cuda' if torch.cuda.is_available() else 'cpu'}"
     for run in ("cold", "warm"):  # the run's clock moves 1 ms per reading: compilation takes no time on it
         run_python(f"""
             import itertools

@@ -9,6 +9,7 @@ is refused in one line.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import math
@@ -31,6 +32,7 @@ from .settings import REPLY_RESERVE_S, NodeSettings, RunSettings
 INSTALL_HINT = "timebudget federated needs Flower: pip install 'timebudget[federated]' (flwr>=1.21,<1.43)"
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 APP_TOML = """[build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
@@ -179,10 +181,18 @@ class Deployment:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in a session of its own, logging to ``logs/<name>.log``. Ctrl-C and SIGTERM are held back
+        until the process is on the list :meth:`stop` works through: arriving inside ``Popen``, they left a forked
+        child that no one stopped (its pipe kept a caller waiting after the launcher had exited)."""
         with (self.logs / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=self.out, preexec_fn=_term_with_parent)
-        self.procs.append((name, proc))
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.out,
+                                        preexec_fn=_term_with_parent)
+                self.procs.append((name, proc))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return proc
 
     def wait_listening(self, name: str, proc: subprocess.Popen[bytes], ports: Sequence[int]) -> None:
@@ -251,10 +261,10 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def _term_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the launcher dies, even by SIGKILL, so nothing outlives it."""
+    """In the child before exec (Linux): the stop signals the launcher held back are let through again, and SIGTERM
+    comes when the launcher dies, even by SIGKILL, so nothing outlives it."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
