@@ -327,7 +327,9 @@ def deploy(run: RunSettings, nodes: list[NodeSettings]) -> float:
            "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
            "PATH": os.pathsep.join((str(Path(tools["flwr"]).parent), os.environ.get("PATH", "")))}  # flower-superexec
     deployment = Deployment(out, env)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Both stop signals end the deployment, SIGINT too when the launcher inherited it ignored (started with `&` from a
+    # script, or under nohup), where Python would not turn it into KeyboardInterrupt.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     t0 = time.monotonic()
     try:
         ensure_free(link_port)
@@ -355,7 +357,8 @@ def deploy(run: RunSettings, nodes: list[NodeSettings]) -> float:
         return time.monotonic() - t0
     finally:
         deployment.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
