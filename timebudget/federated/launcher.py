@@ -12,7 +12,6 @@ import argparse
 import ctypes
 import importlib.util
 import json
-import math
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 
 from .. import artifacts
 from ..errors import TimebudgetError
+from .partition import positive_number
 from .settings import REPLY_RESERVE_S, NodeSettings, RunSettings
 
 INSTALL_HINT = "timebudget federated needs Flower: pip install 'timebudget[federated]' (flwr>=1.21,<1.43)"
@@ -106,11 +106,8 @@ def per_client(text: str, clients: int, name: str, allow_empty: bool) -> list[fl
         if not item.strip() and allow_empty:
             values.append(None)
             continue
-        try:
-            value = float(item)
-        except ValueError:
-            value = math.nan
-        if not (value > 0 and math.isfinite(value)):
+        value = positive_number(item)
+        if value is None:
             raise TimebudgetError(f"--{name}: {item!r} is not a positive number")
         values.append(value)
     return values

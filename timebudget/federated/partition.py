@@ -29,17 +29,23 @@ class Scheme:
         return self.name if self.alpha is None else f"{self.name}:{self.alpha:g}"
 
 
+def positive_number(text: str) -> float | None:
+    """``text`` as a float when it is a positive finite number, else ``None`` (the caller words the error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 0 and math.isfinite(value) else None
+
+
 def parse_scheme(text: str) -> Scheme:
     """``iid`` or ``dirichlet:ALPHA`` (ALPHA > 0); anything else is one clear error."""
     name, _, arg = text.strip().partition(":")
     if name == "iid" and not arg:
         return Scheme("iid")
     if name == "dirichlet":
-        try:
-            alpha = float(arg)
-        except ValueError:
-            alpha = math.nan
-        if not (alpha > 0 and math.isfinite(alpha)):
+        alpha = positive_number(arg)
+        if alpha is None:
             raise TimebudgetError(f"partition {text!r}: dirichlet needs a positive alpha, e.g. dirichlet:0.5")
         return Scheme("dirichlet", alpha)
     raise TimebudgetError(f"unknown partition scheme {text!r}; allowed: {', '.join(SCHEMES)}")
