@@ -62,6 +62,25 @@ def test_cnn_halves_the_resolution_to_about_four_pixels(shape: tuple[int, ...], 
     assert seen == [(pooled, pooled)]
 
 
+def test_cnn_hidden_units_cannot_all_die() -> None:
+    """The collapse behind issue 11's cifar-digits failure: one large step at SGD lr 0.1 pushed every hidden unit of
+    the textbook CNN below zero for all inputs, so the logits became a constant and no gradient came back. Here the
+    hidden layer's weights are made to do exactly that (non-positive weights on non-negative pooled ReLU features);
+    with the hidden layer batch-normalised the logits still differ between samples and the convolutions still learn."""
+    torch.manual_seed(0)
+    model = models.cnn((3, 32, 32), 10)
+    hidden = [m for m in model if isinstance(m, nn.Linear)][0]
+    with torch.no_grad():
+        hidden.weight.copy_(-hidden.weight.abs() - 0.01)
+    model.train()
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    out = model(x)
+    assert out.std(0).mean() > 1e-3, "the logits are the same for every sample: the hidden units are dead"
+    nn.functional.cross_entropy(out, y).backward()
+    first_conv = model[0][0]
+    assert first_conv.weight.grad.abs().sum() > 0, "no gradient reaches the first convolution"
+
+
 def test_resnet18_has_the_small_image_stem() -> None:
     """32x32 inputs need the 3x3 stride-1 stem and no max-pool, or the first layers throw away most pixels."""
     model = models.build("resnet18", (1, 32, 32), 10, "image")
