@@ -3,6 +3,7 @@ schedule and budget start, node settings, and the trainer hooks a client round u
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -121,13 +122,31 @@ def test_run_hooks_shape_one_run(tmp_path: Path) -> None:
 
 
 def test_a_round_the_last_measurements_cannot_fit_is_refused_at_once(tmp_path: Path) -> None:
-    refuse_early(tmp_path, elapsed=5.0, seconds=6.0)  # nothing measured yet: no refusal
+    refuse_early(tmp_path, elapsed=5.0, seconds=6.0, server_round=2)  # nothing measured yet: no refusal
     with pytest.raises(BudgetTooSmall, match="nothing left to train"):
-        refuse_early(tmp_path, elapsed=6.5, seconds=6.0)  # the deadline less the reply's trip has passed
+        refuse_early(tmp_path, elapsed=6.5, seconds=6.0, server_round=2)  # the deadline less the reply's trip passed
     (tmp_path / SETUP_FILE).write_text('{"import_s": 3.0, "setup_s": 1.0, "step_s": 0.1, "tail_s": 0.4}')
-    refuse_early(tmp_path, elapsed=4.0, seconds=6.0)  # 4 + 1.5 fits in 6
+    refuse_early(tmp_path, elapsed=4.0, seconds=6.0, server_round=2)  # 4 + 1.5 fits in 6
     with pytest.raises(BudgetTooSmall, match="needed 4.50 s"):
-        refuse_early(tmp_path, elapsed=4.0, seconds=6.0, before_import=True)  # the imports are still to come
+        refuse_early(tmp_path, elapsed=4.0, seconds=6.0, server_round=2, before_import=True)  # imports still to come
+
+
+def test_a_forecast_refusal_does_not_stick(tmp_path: Path) -> None:
+    """One slow round's measurements refuse the next round, not every round after it: the round after a refusal is
+    tried (train's own calibration measures anew), and the one after that may be refused again."""
+    (tmp_path / SETUP_FILE).write_text('{"import_s": 3.0, "setup_s": 1.0, "step_s": 0.1, "tail_s": 0.4}')
+    outcomes = []
+    for server_round in range(1, 5):
+        try:
+            refuse_early(tmp_path, elapsed=4.0, seconds=6.0, server_round=server_round, before_import=True)
+            refuse_early(tmp_path, elapsed=5.0, seconds=6.0, server_round=server_round)  # after the imports
+            outcomes.append("tried")
+        except BudgetTooSmall:
+            outcomes.append("refused")
+    assert outcomes == ["refused", "tried", "refused", "tried"]
+    with pytest.raises(BudgetTooSmall, match="nothing left to train"):  # a deadline already gone is no forecast
+        refuse_early(tmp_path, elapsed=6.5, seconds=6.0, server_round=5)
+    assert json.loads((tmp_path / SETUP_FILE).read_text())["setup_s"] == 1.0  # the measurements are kept
 
 
 def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_values_start_fresh(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
             f"(Flower's delivery and this client's start-up) and the reply needs {reply_s:.2f} s"
         )
     folder = node_dir(run, node)
-    refuse_early(folder, now() - start, seconds)
+    refuse_early(folder, now() - start, seconds, server_round)
     out = folder / f"round_{server_round:03d}"
     carried = StrategyCarry(previous(folder, server_round, STRATEGY_FILE))
     hooks = RunHooks(subset=lambda b: client_bundle(b, run, node), weights=weights,

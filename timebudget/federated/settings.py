@@ -154,12 +154,17 @@ def node_dir(run: RunSettings, node: NodeSettings) -> Path:
     return Path(run.out) / "clients" / f"client_{node.partition_id}"
 
 
-def refuse_early(folder: Path, elapsed: float, seconds: float, before_import: bool = False) -> None:
+def refuse_early(folder: Path, elapsed: float, seconds: float, server_round: int, before_import: bool = False) -> None:
     """Raise :class:`BudgetTooSmall` at once, while an error reply still reaches the server in time, when the
     ``seconds`` this client may use (its cap less the reply's reserve) are gone after ``elapsed`` (Flower's delivery and
     the process start-up), or when what it measured in its last round (the imports and weights before training when
     ``before_import``, the set-up of data, model and calibration, one step and the tail) cannot fit in what is left.
-    Reads only JSON, so the ClientApp can call it before it imports torch."""
+
+    A refusal from the last round's measurements is a forecast, and a forecast from one slow round (a load spike, a
+    cold disk cache) would otherwise keep the client out for good, since only a trained round measures anew. So such a
+    refusal is never made in two rounds in a row (``server_round`` tells them apart): the round after one is tried, and
+    :func:`timebudget.train`'s own calibration then decides on fresh measurements (it still refuses in time when the
+    round cannot hold one step). Reads and writes only JSON, so the ClientApp can call it before it imports torch."""
     if seconds <= 0:
         raise BudgetTooSmall(f"round cap is {-seconds:.2f} s shorter than the reply's reserve: nothing left to train")
     if elapsed >= seconds:
@@ -172,12 +177,20 @@ def refuse_early(folder: Path, elapsed: float, seconds: float, before_import: bo
         return
     last = json.loads(path.read_text())
     needed = last["setup_s"] + last["step_s"] + last["tail_s"] + (last["import_s"] if before_import else 0.0)
-    if elapsed + needed > seconds:
+    if elapsed + needed > seconds and last.get("refused_round") != server_round - 1:
+        _write_json(path, {**last, "refused_round": server_round})
         raise BudgetTooSmall(
             f"round cap less the reply's reserve leaves {seconds - elapsed:.2f} s after Flower's delivery and this "
             f"client's start-up ({elapsed:.2f} s), and its last round needed {needed:.2f} s to load, set up, take "
             "one step and finish"
         )
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (a reader never sees half a file); without torch, unlike :mod:`..artifacts`."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record))
+    partial.replace(path)
 
 
 def round_sent_at(round_config: Mapping[str, Any], created_at: float) -> float:
