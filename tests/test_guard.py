@@ -38,6 +38,8 @@ class Faulty(nn.Module):
                 out = out * float("nan")
             elif self.mode == "explode" and self.calls >= self.at:
                 out = out * 1e30
+            elif self.mode.startswith("dead") and self.calls >= self.at and (self.mode == "dead" or self.calls < 50):
+                out = self.body[3](0.0 * self.body[2](self.body[1](self.body[0](x))))  # dead ReLUs: zero gradients
         return out
 
 
@@ -54,6 +56,8 @@ nan_once = build("nan_once", 40)
 nan = build("nan", 40)
 explode = build("explode", 40)
 nan_first = build("nan", 1)
+dead = build("dead", 40)
+dead_for_a_while = build("dead_for_a_while", 40)
 """
 
 
@@ -67,9 +71,9 @@ class Trainee:
     def __init__(self) -> None:
         self.state, self.lr_scale, self.restored = 0, 1.0, []
 
-    def guard(self, max_rollbacks: int = 3) -> DivergenceGuard:
+    def guard(self, max_rollbacks: int = 3, classes: int | None = None) -> DivergenceGuard:
         g = DivergenceGuard(2.3, torch.device("cpu"), lambda: self.state, self.restore, self.scale,
-                            every_s=1.0, max_rollbacks=max_rollbacks)
+                            every_s=1.0, max_rollbacks=max_rollbacks, classes=classes)
         g.start(0.0)
         return g
 
@@ -106,6 +110,48 @@ def test_normal_noise_is_not_an_explosion() -> None:
     for loss in [2.3, 1.0, 0.1, 0.01, 0.001, 5.0, 20.0]:  # a hard batch late in training: far above the level
         g.observe(torch.tensor([loss]))
     assert g.check(0.5, pause) == guard.OK and not run.restored
+
+
+def _label_only_losses(labels: torch.Tensor) -> torch.Tensor:
+    """The per-sample losses of a network whose logits are one constant vector: each depends on the label alone."""
+    logits = torch.linspace(-1.0, 1.0, 10).expand(len(labels), 10)
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+def test_a_collapse_to_constant_logits_rolls_back_after_a_row_of_steps_and_is_never_snapshotted() -> None:
+    run = Trainee()
+    g = run.guard(classes=10)
+    labels = torch.arange(64) % 10
+    run.state = 1
+    for t in range(guard.COLLAPSE_STEPS - 1):  # a row one step short: nothing happens, and no snapshot is taken
+        g.observe(_label_only_losses(labels[torch.randperm(64)]))
+        assert g.check(1.5 + t, pause) == guard.OK
+    assert g.snapshot == 0
+    g.observe(_label_only_losses(labels))
+    assert g.check(9.0, pause) == guard.ROLLED_BACK
+    assert run.restored == [0] and run.lr_scale == guard.LR_FACTOR and g.rollbacks[-1]["why"] == "collapse"
+
+
+def test_losses_that_differ_between_samples_are_no_collapse() -> None:
+    """An untrained network (small random logits: losses near ln 10, all different), a trained one, and a row of
+    constant-logit steps broken by one healthy step never trip; nor does a batch too small to tell."""
+    torch.manual_seed(0)
+    labels = torch.arange(64) % 10
+    run = Trainee()
+    g = run.guard(classes=10)
+    for t in range(3 * guard.COLLAPSE_STEPS):
+        healthy = torch.nn.functional.cross_entropy(0.01 * torch.randn(64, 10), labels, reduction="none")
+        g.observe(healthy if t % guard.COLLAPSE_STEPS == 3 else _label_only_losses(labels))
+        assert g.check(0.1 * t, pause) == guard.OK
+    small = run.guard(classes=10)
+    for t in range(2 * guard.COLLAPSE_STEPS):
+        small.observe(_label_only_losses(labels[:19]))
+        assert small.check(0.1 * t, pause) == guard.OK
+    regression = run.guard(classes=None)
+    for t in range(2 * guard.COLLAPSE_STEPS):
+        regression.observe(torch.full((64,), 0.5))
+        assert regression.check(0.1 * t, pause) == guard.OK
+    assert not run.restored
 
 
 def test_rollbacks_in_a_row_are_divergence_and_a_good_snapshot_breaks_the_row() -> None:
@@ -187,7 +233,20 @@ def test_a_nan_at_one_step_is_rolled_back_and_the_run_completes(
     assert torch.isfinite(torch.load(out / "scores.pt", weights_only=True)["average"]).all()
 
 
-@pytest.mark.parametrize("model", ["nan", "explode"])
+def test_a_network_that_collapses_for_a_while_is_rolled_back_and_learns(
+    faulty: ModuleType, cli_main: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """From its 40th training call to its 49th the model's hidden ReLUs are dead (constant logits, loss near ln 10,
+    nothing finite-checking can see): the guard rolls back once, for the collapse, and the run learns."""
+    result, out = _run(cli_main, tmp_path, "dead_for_a_while")
+    assert result.code == 0, result.lines
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert [r["why"] for r in summary["rollbacks"]] == ["collapse"]
+    assert summary["test_metrics"]["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("model", ["nan", "explode", "dead"])
 def test_persistent_divergence_stops_with_the_last_good_state_and_exit_5(
     faulty: ModuleType, cli_main: Callable[..., CliResult], tmp_path: Path, model: str
 ) -> None:

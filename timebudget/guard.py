@@ -8,6 +8,14 @@ where the device-side operations cost over ten times that on a small model's ste
 finite or exceeds ``EXPLODE`` times the larger of its running level and the loss measured at calibration (the level of
 an untrained model: normal batch-to-batch noise never comes near it, an exploding model passes it at once).
 
+A classifier can also fail without any loss going bad: one large step kills every ReLU of a layer, the logits become
+the same for every input, and the loss sits at about ln(classes) until the deadline (issue 11's textbook CNN on
+``cifar-digits`` at SGD lr 0.1). Such a *collapse* is recognised from the same per-sample losses: with constant logits a
+sample's loss depends on its label alone, so a batch of at least twice as many samples as classes shows at most one
+distinct loss per class. ``COLLAPSE_STEPS`` such steps in a row trip the flag like a bad loss (a sort of the batch's
+losses per step; a healthy network, even an untrained one, gives nearly every sample its own loss), and no snapshot is
+taken while such a row is open, so a rollback never returns to a collapsed state.
+
 Every ``every_s`` seconds (2% of the budget, 0.5 to 5 s; charged to the budget, outside step timing) the flag is read
 with the device settled and, if clean, an in-memory snapshot of the training state (model, optimizer, weight average,
 gradient scaler) is taken.
@@ -34,6 +42,8 @@ EXPLODE = 100.0  # a loss this many times its running level (or the untrained mo
 LEVEL_MOMENTUM = 0.9  # the running level: an exponential average of the good steps' mean losses
 LR_FACTOR = 0.5
 MAX_ROLLBACKS = 3
+COLLAPSE_STEPS = 8  # steps in a row whose losses take at most one value per class: the logits are constant
+COLLAPSE_TOLERANCE = 1e-6  # losses closer than this (relative) count as one value
 SNAPSHOT_EVERY_S = 5.0  # at most; a short budget snapshots every SNAPSHOT_SHARE of it, so a rollback loses little,
 SNAPSHOT_SHARE = 0.02
 SNAPSHOT_MIN_S = 0.5  # but no more often than this: each snapshot waits for the device's queue to drain
@@ -66,16 +76,21 @@ class DivergenceGuard:
         every_s: float = SNAPSHOT_EVERY_S,
         max_rollbacks: int = MAX_ROLLBACKS,
         any_rank: Callable[[bool], bool] = bool,
+        classes: int | None = None,
     ) -> None:
+        """``classes``: a classifier's class count, to watch for a collapse to constant logits (None: regression)."""
         self.capture, self.restore, self.scale_lr, self.any_rank = capture, restore, scale_lr, any_rank
+        self.classes = classes
         self.every_s, self.max_rollbacks = every_s, max_rollbacks
         self.on_host = device.type != "cuda"
         self.reference = abs(initial_loss) if math.isfinite(initial_loss) else 1.0
         self.level: float | torch.Tensor = self.reference
         self.bad: bool | torch.Tensor = False
+        self.constant_steps: int | torch.Tensor = 0  # the current row of steps with label-only losses
         if not self.on_host:
             self.level = torch.tensor(self.reference, device=device)
             self.bad = torch.zeros((), dtype=torch.bool, device=device)
+            self.constant_steps = torch.zeros((), dtype=torch.int64, device=device)
         self._pending: tuple[torch.Tensor, Any] | None = None
         self.snapshot: Any = None
         self.snapshot_at = -math.inf
@@ -88,17 +103,33 @@ class DivergenceGuard:
 
     def observe(self, losses: torch.Tensor) -> None:
         """Account one step's per-sample losses, without waiting for the device."""
-        mean = losses.detach().float().mean()
+        losses = losses.detach().float()
+        mean = losses.mean()
+        constant = self.label_only(losses)
         if isinstance(self.level, float):
             value = float(mean)
-            if not math.isfinite(value) or value > self.threshold():
+            if constant is not None:
+                self.constant_steps = self.constant_steps + 1 if bool(constant) else 0
+            if not math.isfinite(value) or value > self.threshold() or self.constant_steps >= COLLAPSE_STEPS:
                 self.bad = True
             else:
                 self.level = LEVEL_MOMENTUM * self.level + (1 - LEVEL_MOMENTUM) * value
             return
         bad = ~torch.isfinite(mean) | (mean > self.threshold())
+        if constant is not None:
+            self.constant_steps.copy_(torch.where(constant, self.constant_steps + 1, 0))
+            self.bad |= self.constant_steps >= COLLAPSE_STEPS
         self.bad |= bad
         self.level.copy_(torch.where(bad, self.level, self.level.lerp(mean, 1 - LEVEL_MOMENTUM)))
+
+    def label_only(self, losses: torch.Tensor) -> torch.Tensor | None:
+        """Whether this batch's losses take at most one value per class (a 0-dim bool tensor; None when the guard does
+        not watch for collapse, or the batch is too small to tell: under twice the class count)."""
+        if self.classes is None or losses.numel() < 2 * self.classes:
+            return None
+        ordered = losses.flatten().sort().values
+        steps = ordered.diff() > COLLAPSE_TOLERANCE * (1.0 + ordered[1:].abs())
+        return steps.sum() < self.classes  # distinct values = steps + 1 <= classes
 
     def threshold(self) -> float | torch.Tensor:
         if isinstance(self.level, float):
@@ -151,7 +182,7 @@ class DivergenceGuard:
                 settled = tripped or (not self.on_host and self.any_rank(bool(self.bad)))
             if settled:
                 return self._roll_back(elapsed)
-            if not final:
+            if not final and not self.any_rank(bool(self.constant_steps)):  # never snapshot a (maybe) collapsed state
                 self.snapshot, self.snapshot_at, self.streak = self.capture(), elapsed, 0
             return OK
         finally:
@@ -159,10 +190,12 @@ class DivergenceGuard:
 
     def _roll_back(self, elapsed: float) -> str:
         self.restore(self.snapshot)
+        why = "collapse" if int(self.constant_steps) >= COLLAPSE_STEPS else "loss"
         self.bad = self.bad.zero_() if isinstance(self.bad, torch.Tensor) else False
+        self.constant_steps = self.constant_steps.zero_() if isinstance(self.constant_steps, torch.Tensor) else 0
         self._pending = None
         self.streak += 1
-        self.rollbacks.append({"time": round(elapsed, 4), "to_time": round(self.snapshot_at, 4)})
+        self.rollbacks.append({"time": round(elapsed, 4), "to_time": round(self.snapshot_at, 4), "why": why})
         if self.streak >= self.max_rollbacks:
             return DIVERGED
         self.scale_lr(LR_FACTOR)

@@ -386,7 +386,8 @@ class _Run:
         self.guard = guard.DivergenceGuard(initial_loss, self.device, lambda: checkpoint.training_state(self),
                                            lambda state: checkpoint.restore_training(self, state), self.scale_lr,
                                            every_s=guard.snapshot_interval(config.seconds, config.snapshot_every),
-                                           any_rank=self.world.any)
+                                           any_rank=self.world.any, classes=self.bundle.num_outputs
+                                           if self.bundle.task == "classification" else None)
         test_chunks = math.ceil(len(self.test_batches) / self.eval_batch)
         probe_batches = min(test_chunks, 2)
         self.test_metrics(max_batches=1)  # warm: the first evaluation pays for allocations and kernel selection
