@@ -13,8 +13,10 @@ the same for every input, and the loss sits at about ln(classes) until the deadl
 ``cifar-digits`` at SGD lr 0.1). Such a *collapse* is recognised from the same per-sample losses: with constant logits a
 sample's loss depends on its label alone, so a batch of at least twice as many samples as classes shows at most one
 distinct loss per class. ``COLLAPSE_STEPS`` such steps in a row trip the flag like a bad loss (a sort of the batch's
-losses per step; a healthy network, even an untrained one, gives nearly every sample its own loss), and no snapshot is
-taken while such a row is open, so a rollback never returns to a collapsed state.
+losses per step; a healthy network, even an untrained one, gives nearly every sample its own loss). Units die over tens
+of steps before the last one does, so the snapshots just before a collapse may be dying already: a collapse goes back
+to the state training started from, at a tenth of the learning rate (a collapse means the rate is far past the edge,
+not one bad batch), and no snapshot is taken while such a row is open.
 
 Every ``every_s`` seconds (2% of the budget, 0.5 to 5 s; charged to the budget, outside step timing) the flag is read
 with the device settled and, if clean, an in-memory snapshot of the training state (model, optimizer, weight average,
@@ -44,6 +46,7 @@ LR_FACTOR = 0.5
 MAX_ROLLBACKS = 3
 COLLAPSE_STEPS = 8  # steps in a row whose losses take at most one value per class: the logits are constant
 COLLAPSE_TOLERANCE = 1e-6  # losses closer than this (relative) count as one value
+COLLAPSE_LR_FACTOR = 0.1  # a collapse means the lr is far past the edge, not one bad batch
 SNAPSHOT_EVERY_S = 5.0  # at most; a short budget snapshots every SNAPSHOT_SHARE of it, so a rollback loses little,
 SNAPSHOT_SHARE = 0.02
 SNAPSHOT_MIN_S = 0.5  # but no more often than this: each snapshot waits for the device's queue to drain
@@ -100,6 +103,7 @@ class DivergenceGuard:
     def start(self, elapsed: float) -> None:
         """The first snapshot, of the state training starts from (good by definition)."""
         self.snapshot, self.snapshot_at = self.capture(), elapsed
+        self.first = self.snapshot  # a collapse returns here: the states before it may be dying already
 
     def observe(self, losses: torch.Tensor) -> None:
         """Account one step's per-sample losses, without waiting for the device."""
@@ -189,8 +193,10 @@ class DivergenceGuard:
             resume()
 
     def _roll_back(self, elapsed: float) -> str:
-        self.restore(self.snapshot)
         why = "collapse" if int(self.constant_steps) >= COLLAPSE_STEPS else "loss"
+        if why == "collapse":
+            self.snapshot, self.snapshot_at = self.first, 0.0
+        self.restore(self.snapshot)
         self.bad = self.bad.zero_() if isinstance(self.bad, torch.Tensor) else False
         self.constant_steps = self.constant_steps.zero_() if isinstance(self.constant_steps, torch.Tensor) else 0
         self._pending = None
@@ -198,7 +204,7 @@ class DivergenceGuard:
         self.rollbacks.append({"time": round(elapsed, 4), "to_time": round(self.snapshot_at, 4), "why": why})
         if self.streak >= self.max_rollbacks:
             return DIVERGED
-        self.scale_lr(LR_FACTOR)
+        self.scale_lr(COLLAPSE_LR_FACTOR if why == "collapse" else LR_FACTOR)
         self.snapshot_at = elapsed  # the restored state is the snapshot: the next one is due a period from now
         return ROLLED_BACK
 
