@@ -297,7 +297,7 @@ class _Run:
         self.scores = ScoreTable(self.n, device=device)
         if hooks.scores is not None:
             self.scores.load_state_dict(hooks.scores)
-        self.strategy = strategies.build(config, bundle.task)
+        self.strategy = strategies.build(config, bundle.task, bundle.num_outputs)
         if hooks.strategy is not None:
             hooks.strategy(self.strategy, device)
         schedule = hooks.schedule or schedules.build(config.schedule, config.warmup or 0.0, config.step_milestones)

@@ -22,15 +22,16 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def build(config: Config, task: str) -> Strategy:
+def build(config: Config, task: str, classes: int | None = None) -> Strategy:
     """The strategy named by ``config.strategy``, configured from the run's config, behind the noisy-sample filter
-    when ``config.filter_noisy`` is ``true``, or ``auto`` on a classification task (the filter then decides)."""
+    when ``config.filter_noisy`` is ``true``, or ``auto`` on a classification task (the filter then decides, with
+    ``classes``, the number of classes, setting its chance loss ln(classes))."""
     strategy = STRATEGIES[config.strategy](config, task)
     mode = config.filter_noisy
     if isinstance(mode, bool):
         mode = str(mode).lower()
     if mode == "true" or (mode == "auto" and task == "classification"):
-        return NoisyFilter(strategy, config, task, auto=mode == "auto")
+        return NoisyFilter(strategy, config, task, auto=mode == "auto", classes=classes)
     return strategy
 
 

@@ -57,18 +57,18 @@ if TYPE_CHECKING:
     from ..config import Config
 
 PERSIST = 2
-WARM_PASSES = 5
+WARM_PASSES = 2
+PARTIAL = 0.25  # an epoch may leave a trailing partial batch out: a pass counts from 3/4 of the samples
 MIN_GAP = 0.05
 COST_SHARE = 0.01
 MAX_FIT = 5_000  # a fit then costs a few milliseconds
-MIN_SEPARATION = 2.0
-CONFIDENT_LOSS = 3.0  # the model gives the label under 5% probability
-MIN_SHARE, MAX_SHARE = 0.03, 0.5
-SHARE_TOLERANCE = 0.5
+CONTRADICTED_PLANS = 3  # a sample above the chance loss at this many plans in a row is confidently contradicted
+MIN_SHARE, MAX_SHARE = 0.015, 0.5
 
 
 class NoisyFilter(Strategy):
-    def __init__(self, inner: Strategy, config: "Config", task: str, auto: bool = False) -> None:
+    def __init__(self, inner: Strategy, config: "Config", task: str, auto: bool = False,
+                 classes: int | None = None) -> None:
         if task != "classification":
             raise TimebudgetError(
                 f"filter_noisy needs a classification task, this data is {task}: a high regression loss marks a hard "
@@ -81,14 +81,24 @@ class NoisyFilter(Strategy):
         self.excluded: torch.Tensor | None = None
         self.next_fit = config.select_warmup
         self.auto = auto
-        self.noisy = not auto  # auto: filter only once the losses look noisy (see :func:`looks_noisy`)
-        self.fits: list[dict[str, float]] = []  # per fit: share of the high-loss component, separation, noisy or not
+        self.noisy = not auto  # auto: filter only once the losses look noisy (see :meth:`observe`)
+        # the loss of a prediction that knows nothing (uniform over the classes); unknown classes: measured
+        self.chance: float | None = math.log(classes) if classes and classes > 1 else None
+        self.contradicted: torch.Tensor | None = None  # plans in a row each sample's loss was above ``chance``
+        self.measured_to = -1  # the latest score step seen at the previous plan
+        self.checks: list[float] = []  # per plan after the warm-up: share of samples contradicted CONTRADICTED_PLANS
+        self.fits: list[dict[str, float]] = []  # per fit: progress, share of the high-loss component, separation
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
         plan = self.inner.plan(ctx)
         scores = ctx.scores
-        if ctx.progress >= self.next_fit and int(scores.count.sum()) >= WARM_PASSES * scores.n:
-            self.fit(ctx)
+        if self.chance is None and bool(scores.seen.any()):
+            first = scores.step.masked_fill(~scores.seen, torch.iinfo(torch.int64).max).min()
+            self.chance = float(scores.last[scores.step == first].mean())
+        if int(scores.count.sum()) >= (WARM_PASSES - PARTIAL) * scores.n:
+            self.observe(ctx)
+            if ctx.progress >= self.next_fit:
+                self.fit(ctx)
         if self.excluded is None or not self.noisy:
             return plan
         noisy = self.excluded.cpu()
@@ -100,6 +110,23 @@ class NoisyFilter(Strategy):
         refresh = plan.refresh[~noisy[plan.refresh]] if plan.refresh is not None else None
         return EpochPlan(mask=mask, weights=plan.weights, phase=f"{plan.phase}+filtered", refresh=refresh)
 
+    def observe(self, ctx: EpochContext) -> None:
+        """``auto``'s evidence, once per plan: count, per sample re-measured since the last plan, how many plans in a
+        row its last loss stayed above the chance loss, and decide "noisy" (latched) once the share of samples
+        contradicted ``CONTRADICTED_PLANS`` times in a row lies between ``MIN_SHARE`` and ``MAX_SHARE``."""
+        scores = ctx.scores
+        assert self.chance is not None  # measured at the first plan with scores
+        if self.contradicted is None:
+            self.contradicted = torch.zeros_like(scores.count)
+        fresh = scores.step > self.measured_to
+        self.measured_to = int(scores.step.max())
+        above = scores.last > self.chance
+        self.contradicted = torch.where(fresh, (self.contradicted + 1) * above, self.contradicted)
+        share = float((self.contradicted >= CONTRADICTED_PLANS).sum()) / max(1, int(scores.seen.sum()))
+        self.checks.append(share)
+        if self.auto and not self.noisy:
+            self.noisy = MIN_SHARE <= share <= MAX_SHARE
+
     def fit(self, ctx: EpochContext) -> None:
         """Fit the mixture, update the streaks and exclusions, and schedule the next fit by this one's cost."""
         start = time.perf_counter()
@@ -110,12 +137,8 @@ class NoisyFilter(Strategy):
         x = ((loss.clamp(max=hi) - lo) / (hi - lo).clamp_min(1e-12)).masked_fill(~seen, 0.0)
         gmm = fit_mixture(x[seen][:: math.ceil(len(scored) / MAX_FIT)].double())
         high = (gmm.posterior_high(x) > 0.5) & seen
-        confident = float((scored > CONFIDENT_LOSS).float().mean())
-        separation = ashman_d(gmm)
-        self.fits.append({"progress": ctx.progress, "share": float(high.sum()) / len(scored), "confident": confident,
-                          "separation": separation, "noisy": looks_noisy(confident, separation)})
-        if self.auto and not self.noisy:
-            self.noisy = stable_noise(self.fits)
+        self.fits.append({"progress": ctx.progress, "share": float(high.sum()) / len(scored),
+                          "separation": ashman_d(gmm)})
         if self.streak is None or self.excluded is None:
             self.streak = torch.zeros_like(loss, dtype=torch.int32)
             self.excluded = torch.zeros_like(seen)
@@ -125,12 +148,17 @@ class NoisyFilter(Strategy):
         self.next_fit = ctx.progress + max(MIN_GAP, cost / (COST_SHARE * self.config.seconds))
 
     def state_dict(self) -> dict[str, Any]:
-        cpu = {k: None if v is None else v.cpu() for k, v in (("streak", self.streak), ("excluded", self.excluded))}
-        return {"inner": self.inner.state_dict(), "next_fit": self.next_fit, **cpu}
+        tensors = (("streak", self.streak), ("excluded", self.excluded), ("contradicted", self.contradicted))
+        cpu = {k: None if v is None else v.cpu() for k, v in tensors}
+        return {"inner": self.inner.state_dict(), "next_fit": self.next_fit, "noisy": self.noisy,
+                "chance": self.chance, "measured_to": self.measured_to, **cpu}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state["inner"])
         self.streak, self.excluded, self.next_fit = state["streak"], state["excluded"], state["next_fit"]
+        self.contradicted, self.chance = state.get("contradicted"), state.get("chance")
+        self.noisy, self.measured_to = state.get("noisy", self.noisy), state.get("measured_to", -1)
+
 
 @dataclass
 class Mixture:
@@ -182,19 +210,3 @@ def ashman_d(gmm: Mixture) -> float:
     components are clearly separated (the mixture is bimodal)."""
     means, var = gmm.means.tolist(), gmm.variances.tolist()
     return float(math.sqrt(2.0) * abs(means[0] - means[1]) / math.sqrt(var[0] + var[1]))
-
-
-def looks_noisy(confident: float, separation: float) -> bool:
-    """One fit's verdict: the loss distribution is clearly bimodal and a plausible share of the samples is
-    confidently contradicted by the model (a running-average loss above ``CONFIDENT_LOSS``)."""
-    return separation >= MIN_SEPARATION and MIN_SHARE <= confident <= MAX_SHARE
-
-
-def stable_noise(fits: list[dict[str, float]]) -> bool:
-    """The run's verdict: the last ``PERSIST`` fits all look noisy and their confidently contradicted shares agree
-    within ``SHARE_TOLERANCE`` (relative), so they are a stable population, not a passing state of training."""
-    last = fits[-PERSIST:]
-    if len(last) < PERSIST or not all(f["noisy"] for f in last):
-        return False
-    shares = [f["confident"] for f in last]
-    return max(shares) <= (1.0 + SHARE_TOLERANCE) * min(shares)
