@@ -145,7 +145,8 @@ class NoisyFilter(Strategy):
         self.streak = (self.streak + 1) * high
         self.excluded |= self.streak >= PERSIST
         cost = time.perf_counter() - start
-        self.next_fit = ctx.progress + max(MIN_GAP, cost / (COST_SHARE * self.config.seconds))
+        back_to_back = len(self.fits) < PERSIST  # the first exclusions as early as the persistence rule allows
+        self.next_fit = ctx.progress + (0.0 if back_to_back else max(MIN_GAP, cost / (COST_SHARE * self.config.seconds)))
 
     def state_dict(self) -> dict[str, Any]:
         tensors = (("streak", self.streak), ("excluded", self.excluded), ("contradicted", self.contradicted))
