@@ -237,6 +237,21 @@ def test_gmm_filter_finds_planted_mislabelled_samples() -> None:
     assert len(found) >= 0.95 * 200 and len(found) >= 0.9 * len(left_out)
 
 
+def test_filter_never_leaves_out_an_unscored_sample() -> None:
+    n = 2000
+    losses, planted = planted_losses(n)
+    unscored = planted[:20]  # among the would-be suspects, and never measured
+    scored = torch.ones(n, dtype=torch.bool)
+    scored[unscored] = False
+    scores = ScoreTable(n)
+    for step in range(noisy.WARM_PASSES + 1):
+        scores.record(scored.nonzero().flatten(), losses[scored], step)
+    filtered = build(Config(seconds=1e6, filter_noisy=True), "classification", 10)
+    filtered.plan(context(scores, progress=0.3))
+    kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
+    assert set(unscored.tolist()) <= kept and len(set(planted[20:].tolist()) - kept) >= 0.95 * 180
+
+
 def test_filter_waits_for_the_warmup_passes() -> None:
     n = 500
     scores = table(torch.rand(n))
