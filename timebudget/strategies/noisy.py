@@ -68,6 +68,7 @@ COST_SHARE = 0.01
 MAX_FIT = 5_000  # a fit then costs a few milliseconds
 CONTRADICTED_PLANS = 3  # a sample above the chance loss at this many plans in a row is confidently contradicted
 MIN_SHARE, MAX_SHARE = 0.015, 0.5
+LEARNT = 0.5  # the share is judged only once the median loss is below this fraction of the chance loss
 
 
 class NoisyFilter(Strategy):
@@ -117,7 +118,9 @@ class NoisyFilter(Strategy):
     def observe(self, ctx: EpochContext) -> None:
         """``auto``'s evidence, once per plan: count, per sample re-measured since the last plan, how many plans in a
         row its last loss stayed above the chance loss, and decide "noisy" (latched) once the share of samples
-        contradicted ``CONTRADICTED_PLANS`` times in a row lies between ``MIN_SHARE`` and ``MAX_SHARE``."""
+        contradicted ``CONTRADICTED_PLANS`` times in a row lies between ``MIN_SHARE`` and ``MAX_SHARE``, judged only
+        once the median loss is below ``LEARNT`` of the chance loss (passes are not learning: with one step per
+        epoch every sample is still near chance after a few passes)."""
         scores = ctx.scores
         assert self.chance is not None  # measured at the first plan with scores
         if self.contradicted is None:
@@ -126,7 +129,10 @@ class NoisyFilter(Strategy):
         self.measured_to = int(scores.step.max())
         above = scores.last > self.chance
         self.contradicted = torch.where(fresh, (self.contradicted + 1) * above, self.contradicted)
-        share = float((self.contradicted >= CONTRADICTED_PLANS).sum()) / max(1, int(scores.seen.sum()))
+        seen = scores.seen
+        if float(scores.last[seen].median()) >= LEARNT * self.chance:  # the typical sample is not learnt yet
+            return
+        share = float((self.contradicted >= CONTRADICTED_PLANS).sum()) / max(1, int(seen.sum()))
         self.checks.append(share)
         if self.auto and not self.noisy:
             self.noisy = MIN_SHARE <= share <= MAX_SHARE
