@@ -26,8 +26,9 @@ learns the rest, and it stays so until memorised; a clean hard sample, or one of
 only until it is learnt. At every plan after the warm-up the filter counts, per sample re-measured since the last
 plan, how many plans in a row its last loss stayed above the chance loss ``ln C`` (``C`` classes: a prediction that
 knows nothing; unknown ``C``: the mean loss of the run's first batch), and decides "noisy" once the share of samples
-contradicted at ``CONTRADICTED_PLANS`` plans in a row is between ``MIN_SHARE`` and ``MAX_SHARE``. The decision is
-latched; until it is made nothing is left out (the plan is the wrapped strategy's), and a run that has not decided
+contradicted at ``CONTRADICTED_PLANS`` plans in a row is between ``MIN_SHARE`` and ``MAX_SHARE``, judged only once
+the median loss is below ``LEARNT`` of the chance loss (a run of one step per epoch is still near chance after a few
+passes). The decision is latched; until it is made nothing is left out (the plan is the wrapped strategy's), and a run that has not decided
 by the time the network memorised its labels never will (the share falls under ``MIN_SHARE`` after a few more
 plans, on noisy data too). Development data (``benchmarks/budget_accuracy.py``'s sets drawn with data seed 100 in
 place of 0, training seeds 100-102, budgets of 9 to 34 passes; none of the reported cells): the share at the first
@@ -40,7 +41,9 @@ still being learnt) and up to 1 point on the redundant one. Epochs in which the 
 ``+filtered`` appended to their phase in ``metrics.jsonl``.
 
 When it helps: classification with label noise (the high-loss component holds the flipped labels); forced on
-(``true``) on clean data it drops the hardest correct samples. Regression is refused with a
+(``true``) on clean data it drops the hardest correct samples. Where classes overlap so much that the features
+contradict a few percent of the labels (samples on the wrong side of the best boundary), ``auto`` cannot tell that
+from label noise and switches on too (a synthetic set of three overlapping Gaussian classes in the tests did). Regression is refused with a
 :class:`~timebudget.errors.TimebudgetError` when forced, and ``auto`` leaves regression alone: a persistently high
 regression loss marks a hard region or an outlier, not a wrong label. Knob: ``filter_noisy`` (``auto``, ``true``,
 ``false``).
