@@ -23,9 +23,9 @@ behind for the next. Both budgets count from the start of the run: timebudget th
 ``train(Config(seconds=B, data=D))`` (the README's form, whose budget counts from the call; every other field at its
 default, as with ``timebudget train --seconds B --data D``), the plain loop from its first line. Loading the data,
 building the model and (for timebudget) calibrating are inside both budgets. One thread each
-(``OMP_NUM_THREADS=1``). The plain loop trains until the budget is over and only then evaluates (its final evaluation is not
-counted), while timebudget fits its evaluation, checkpoint and summary inside the budget: this favours the plain
-loop. Within each (set, budget, seed) cell the two run back to back
+(``OMP_NUM_THREADS=1``). The plain loop trains until the budget is over and only then evaluates (its final evaluation
+is not counted), while timebudget fits its evaluation, checkpoint and summary inside the budget: this favours the
+plain loop. Within each (set, budget, seed) cell the two run back to back
 in alternating order, and the cells run in a shuffled order, so drifts of the machine's load hit both alike.
 
 A run is *at chance* when it ended no better than a constant predictor: test accuracy within 1.5x of chance

@@ -28,9 +28,9 @@ plan, how many plans in a row its last loss stayed above the chance loss ``ln C`
 knows nothing; unknown ``C``: the mean loss of the run's first batch), and decides "noisy" once the share of samples
 contradicted at ``CONTRADICTED_PLANS`` plans in a row is between ``MIN_SHARE`` and ``MAX_SHARE``, judged only once
 the median loss is below ``LEARNT`` of the chance loss (a run of one step per epoch is still near chance after a few
-passes). The decision is latched; until it is made nothing is left out (the plan is the wrapped strategy's), and a run that has not decided
-by the time the network memorised its labels never will (the share falls under ``MIN_SHARE`` after a few more
-plans, on noisy data too). Development data (``benchmarks/budget_accuracy.py``'s sets drawn with data seed 100 in
+passes). The decision is latched; until it is made nothing is left out (the plan is the wrapped strategy's), and a run
+that has not decided by the time the network memorised its labels never will (the share falls under ``MIN_SHARE``
+after a few more plans, on noisy data too). Development data (``benchmarks/budget_accuracy.py``'s sets drawn with data seed 100 in
 place of 0, training seeds 100-102, budgets of 9 to 34 passes; none of the reported cells): the share at the first
 plan where it can be measured (the fourth) was 0.2-0.5% on clean digits, 0.5-0.9% on the imbalanced set, 0% on the
 redundant one, and 2.3-2.9%, 4% and 4-4.7% with 10%, 20% and 40% flipped labels; ``MIN_SHARE`` = 1.5% lies near
@@ -43,10 +43,10 @@ still being learnt) and up to 1 point on the redundant one. Epochs in which the 
 When it helps: classification with label noise (the high-loss component holds the flipped labels); forced on
 (``true``) on clean data it drops the hardest correct samples. Where classes overlap so much that the features
 contradict a few percent of the labels (samples on the wrong side of the best boundary), ``auto`` cannot tell that
-from label noise and switches on too (a synthetic set of three overlapping Gaussian classes in the tests did). Regression is refused with a
-:class:`~timebudget.errors.TimebudgetError` when forced, and ``auto`` leaves regression alone: a persistently high
-regression loss marks a hard region or an outlier, not a wrong label. Knob: ``filter_noisy`` (``auto``, ``true``,
-``false``).
+from label noise and switches on too (a synthetic set of three overlapping Gaussian classes in the tests did).
+Regression is refused with a :class:`~timebudget.errors.TimebudgetError` when forced, and ``auto`` leaves regression
+alone: a persistently high regression loss marks a hard region or an outlier, not a wrong label. Knob:
+``filter_noisy`` (``auto``, ``true``, ``false``).
 """
 from __future__ import annotations
 
@@ -159,7 +159,8 @@ class NoisyFilter(Strategy):
         self.excluded |= self.streak >= PERSIST
         cost = time.perf_counter() - start
         back_to_back = len(self.fits) < PERSIST  # the first exclusions as early as the persistence rule allows
-        self.next_fit = ctx.progress + (0.0 if back_to_back else max(MIN_GAP, cost / (COST_SHARE * self.config.seconds)))
+        spacing = max(MIN_GAP, cost / (COST_SHARE * self.config.seconds))
+        self.next_fit = ctx.progress + (0.0 if back_to_back else spacing)
 
     def state_dict(self) -> dict[str, Any]:
         tensors = (("streak", self.streak), ("excluded", self.excluded), ("contradicted", self.contradicted))
