@@ -30,8 +30,8 @@ contradicted at ``CONTRADICTED_PLANS`` plans in a row is between ``MIN_SHARE`` a
 the median loss is below ``LEARNT`` of the chance loss (a run of one step per epoch is still near chance after a few
 passes). The decision is latched; until it is made nothing is left out (the plan is the wrapped strategy's), and a run
 that has not decided by the time the network memorised its labels never will (the share falls under ``MIN_SHARE``
-after a few more plans, on noisy data too). Development data (``benchmarks/budget_accuracy.py``'s sets drawn with data seed 100 in
-place of 0, training seeds 100-102, budgets of 9 to 34 passes; none of the reported cells): the share at the first
+after a few more plans, on noisy data too). Development data (``benchmarks/budget_accuracy.py``'s sets drawn with
+data seed 100 in place of 0, training seeds 100-102, budgets of 9 to 34 passes; none of the reported cells): the share at the first
 plan where it can be measured (the fourth) was 0.2-0.5% on clean digits, 0.5-0.9% on the imbalanced set, 0% on the
 redundant one, and 2.3-2.9%, 4% and 4-4.7% with 10%, 20% and 40% flipped labels; ``MIN_SHARE`` = 1.5% lies near
 the geometric middle of 0.9% and 2.3%. Paired with ``full`` over those seeds, ``auto`` gained 3.9 points with 10%
