@@ -20,25 +20,25 @@ plans, so the first exclusions are made as early as the persistence rule allows;
 the scores' device.
 
 Whether to filter at all (``filter_noisy: auto``, the default): DivideMix's mixture always splits the losses in two,
-also on clean data (16-19% of the samples in the high-loss component), so the split alone cannot say "noisy". What
-does: a mislabelled sample is one the model contradicts, giving its label less than chance probability, while it
-learns the rest, and it stays so until memorised; a clean hard sample, or one of a minority class, is above chance
-only until it is learnt. At every plan after the warm-up the filter counts, per sample re-measured since the last
-plan, how many plans in a row its last loss stayed above the chance loss ``ln C`` (``C`` classes: a prediction that
-knows nothing; unknown ``C``: the mean loss of the run's first batch), and decides "noisy" once the share of samples
-contradicted at ``CONTRADICTED_PLANS`` plans in a row is between ``MIN_SHARE`` and ``MAX_SHARE``, judged only once
-the median loss is below ``LEARNT`` of the chance loss (a run of one step per epoch is still near chance after a few
-passes). The decision is latched; until it is made nothing is left out (the plan is the wrapped strategy's), and a run
-that has not decided by the time the network memorised its labels never will (the share falls under ``MIN_SHARE``
-after a few more plans, on noisy data too). Development data (``benchmarks/budget_accuracy.py``'s sets drawn with
-data seed 100 in place of 0, training seeds 100-102, budgets of 9 to 34 passes; none of the reported cells): the share at the first
-plan where it can be measured (the fourth) was 0.2-0.5% on clean digits, 0.5-0.9% on the imbalanced set, 0% on the
-redundant one, and 2.3-2.9%, 4% and 4-4.7% with 10%, 20% and 40% flipped labels; ``MIN_SHARE`` = 1.5% lies near
-the geometric middle of 0.9% and 2.3%. Paired with ``full`` over those seeds, ``auto`` gained 3.9 points with 10%
-flipped labels, 7.9-8.6 with 20% and 9.2-12.5 with 40%, and stayed off in every clean, imbalanced and redundant
-run; the filter forced on (``true``) cost 2.2-2.6 points on the imbalanced set (it leaves out the minority classes
-still being learnt) and up to 1 point on the redundant one. Epochs in which the filter leaves samples out have
-``+filtered`` appended to their phase in ``metrics.jsonl``.
+also on clean data (16-19% of the samples in the high-loss component), so the split alone cannot say "noisy". What does:
+a mislabelled sample is one the model contradicts, giving its label less than chance probability, while it learns the
+rest, and it stays so until memorised; a clean hard sample, or one of a minority class, is above chance only until it is
+learnt. At every plan after the warm-up the filter counts, per sample re-measured since the last plan, how many plans in
+a row its last loss stayed above the chance loss ``ln C`` (``C`` classes: a prediction that knows nothing; unknown
+``C``: the mean loss of the run's first batch), and decides "noisy" once the share of samples contradicted at
+``CONTRADICTED_PLANS`` plans in a row is between ``MIN_SHARE`` and ``MAX_SHARE``, judged only once the median loss is
+below ``LEARNT`` of the chance loss (a run of one step per epoch is still near chance after a few passes). The decision
+is latched; until it is made nothing is left out (the plan is the wrapped strategy's), and a run that has not decided by
+the time the network memorised its labels never will (the share falls under ``MIN_SHARE`` after a few more plans, on
+noisy data too). Development data (``benchmarks/budget_accuracy.py``'s sets drawn with data seed 100 in place of 0,
+training seeds 100-102, budgets of 9 to 34 passes; none of the reported cells): the share at the first plan where it can
+be measured (the fourth) was 0.2-0.5% on clean digits, 0.5-0.9% on the imbalanced set, 0% on the redundant one, and
+2.3-2.9%, 4% and 4-4.7% with 10%, 20% and 40% flipped labels; ``MIN_SHARE`` = 1.5% lies near the geometric middle of
+0.9% and 2.3%. Paired with ``full`` over those seeds, ``auto`` gained 3.9 points with 10% flipped labels, 7.9-8.6 with
+20% and 9.2-12.5 with 40%, and stayed off in every clean, imbalanced and redundant run; the filter forced on (``true``)
+cost 2.2-2.6 points on the imbalanced set (it leaves out the minority classes still being learnt) and up to 1 point on
+the redundant one. Epochs in which the filter leaves samples out have ``+filtered`` appended to their phase in
+``metrics.jsonl``.
 
 When it helps: classification with label noise (the high-loss component holds the flipped labels); forced on
 (``true``) on clean data it drops the hardest correct samples. Where classes overlap so much that the features
