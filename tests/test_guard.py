@@ -123,10 +123,11 @@ def test_a_collapse_to_constant_logits_rolls_back_after_a_row_of_steps_and_is_ne
     steps before the last one does, so the snapshots just before a collapse may be dying already."""
     run = Trainee()
     g = run.guard(classes=10)
+    g.start(0.5)  # training starts half a second in (after calibration)
     labels = torch.arange(64) % 10
     run.state = 1
     g.observe(torch.linspace(0.5, 3.0, 64))
-    assert g.check(1.0, pause) == guard.OK and g.snapshot == 1  # a healthy step: a snapshot
+    assert g.check(1.5, pause) == guard.OK and g.snapshot == 1  # a healthy step: a snapshot
     run.state = 2
     for t in range(guard.COLLAPSE_STEPS - 1):  # a row one step short: nothing happens, and no snapshot is taken
         g.observe(_label_only_losses(labels[torch.randperm(64)]))
@@ -134,7 +135,8 @@ def test_a_collapse_to_constant_logits_rolls_back_after_a_row_of_steps_and_is_ne
     assert g.snapshot == 1
     g.observe(_label_only_losses(labels))
     assert g.check(12.0, pause) == guard.ROLLED_BACK
-    assert run.restored == [0] and run.lr_scale == guard.COLLAPSE_LR_FACTOR and g.rollbacks[-1]["why"] == "collapse"
+    assert run.restored == [0] and run.lr_scale == guard.COLLAPSE_LR_FACTOR
+    assert g.rollbacks[-1] == {"time": 12.0, "to_time": 0.5, "why": "collapse"}  # back to the start, and when
 
 
 def test_losses_that_differ_between_samples_are_no_collapse() -> None:

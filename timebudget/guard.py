@@ -103,7 +103,7 @@ class DivergenceGuard:
     def start(self, elapsed: float) -> None:
         """The first snapshot, of the state training starts from (good by definition)."""
         self.snapshot, self.snapshot_at = self.capture(), elapsed
-        self.first = self.snapshot  # a collapse returns here: the states before it may be dying already
+        self.first, self.first_at = self.snapshot, elapsed  # a collapse returns here: later states may be dying
 
     def observe(self, losses: torch.Tensor) -> None:
         """Account one step's per-sample losses, without waiting for the device."""
@@ -195,7 +195,7 @@ class DivergenceGuard:
     def _roll_back(self, elapsed: float) -> str:
         why = "collapse" if int(self.constant_steps) >= COLLAPSE_STEPS else "loss"
         if why == "collapse":
-            self.snapshot, self.snapshot_at = self.first, 0.0
+            self.snapshot, self.snapshot_at = self.first, self.first_at
         self.restore(self.snapshot)
         self.bad = self.bad.zero_() if isinstance(self.bad, torch.Tensor) else False
         self.constant_steps = self.constant_steps.zero_() if isinstance(self.constant_steps, torch.Tensor) else 0
