@@ -27,6 +27,7 @@ no host-device synchronisation; the per-epoch losses stay on the device (NCCL).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import inspect
 import os
@@ -372,7 +373,10 @@ class Group(World):
             ) from None
 
     def close(self) -> None:
+        """Destroy the process group once nothing holds it: a DDP module still alive in a reference cycle would
+        outlive its group, and gloo's teardown then aborts the process (seen once as SIGABRT at exit)."""
         if self.owned and self.dist.is_initialized():
+            gc.collect()
             self.dist.destroy_process_group()
 
 

@@ -237,6 +237,7 @@ def train(
             run.loop(view)
             view.phase("tail")
             result = run.finish()
+    del run  # under torchrun: DDP's reducer goes before its process group (gloo can abort when torn down under it)
     world.close()
     return result
 
