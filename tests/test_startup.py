@@ -17,6 +17,7 @@ import torch
 
 from conftest import FakeClock
 from timebudget import Config, startup, train
+from timebudget.trainer import default_batch
 
 
 def test_parts_are_the_time_between_marks_and_compilation_leaves_calibration(fake_clock: FakeClock) -> None:
@@ -108,7 +109,8 @@ def test_compiled_runs_keep_their_cache_in_a_keyed_folder_cold_then_warm(tmp_pat
     x = g.normal(size=(320, 6)).astype(np.float32)
     np.savez(tmp_path / "tab.npz", x_train=x[:256], y_train=(x[:256, 0] > 0).astype(np.int64), x_test=x[256:],
              y_test=(x[256:, 0] > 0).astype(np.int64))
-    states, key = [], f"mlp-6-b32-fp32-{'cuda' if torch.cuda.is_available() else 'cpu'}"
+    batch = default_batch("tabular", 256)  # the key names the batch the run chose
+    states, key = [], f"mlp-6-b{batch}-fp32-{'cuda' if torch.cuda.is_available() else 'cpu'}"
     for run in ("cold", "warm"):  # the run's clock moves 1 ms per reading: compilation takes no time on it
         run_python(f"""
             import itertools
