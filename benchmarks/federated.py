@@ -36,29 +36,52 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# (client, learning-rate decay): timebudget clients decaying to zero within each round or once across all rounds, and
-# the fixed-epoch clients at the constant learning rate Flower's quickstart uses (the decay setting does not apply).
-VARIANTS = (("timebudget", "round"), ("timebudget", "federation"), ("epochs", "round"))
+MODES, DECAYS, PROCESSES = ("timebudget", "epochs"), ("round", "federation"), ("warm", "fresh")
+# launcher flags a variant may set with KEY=VALUE
+FLAGS = {"passes": "--max-local-passes", "mu": "--proximal-mu"}
 
 
-def parse_variants(text: str) -> tuple[tuple[str, str], ...]:
-    """``timebudget:round,epochs`` as (mode, decay) pairs; ``epochs`` takes no decay."""
+def parse_variants(text: str) -> list[dict[str, str]]:
+    """``timebudget,timebudget:fresh,timebudget:passes=5,epochs`` as one dict per client: its mode, then, separated
+    by colons and in any order, the learning-rate decay (``round``, the default, or ``federation``), the ClientApp
+    processes (``warm``, the default, or ``fresh``) and launcher flags (``passes=N``, ``mu=X``)."""
     picked = []
     for item in text.split(","):
-        mode, _, decay = item.partition(":")
-        variant = (mode, decay or "round")
-        if variant not in VARIANTS:
-            raise SystemExit(f"unknown variant {item!r}; allowed: timebudget:round, timebudget:federation, epochs")
+        mode, *qualifiers = item.split(":")
+        variant = {"mode": mode, "decay": "round", "processes": "warm"}
+        for q in qualifiers:
+            key, eq, value = q.partition("=")
+            if q in DECAYS:
+                variant["decay"] = q
+            elif q in PROCESSES:
+                variant["processes"] = q
+            elif eq and key in FLAGS:
+                variant[key] = value
+            else:
+                raise SystemExit(f"variant {item!r}: unknown {q!r}; allowed: {', '.join(DECAYS + PROCESSES)}, "
+                                 f"{', '.join(k + '=VALUE' for k in FLAGS)}")
+        if mode not in MODES:
+            raise SystemExit(f"variant {item!r}: unknown client {mode!r}; allowed: {', '.join(MODES)}")
         picked.append(variant)
-    return tuple(picked)
+    return picked
 
 
-def run_once(out: Path, variant: tuple[str, str], cap: float, args: argparse.Namespace, seed: int) -> dict:
-    mode, decay = variant
-    argv = [sys.executable, "-m", "timebudget", "federated", "--out", str(out), "--mode", mode, "--lr-decay", decay,
-            "--quiet",
+def label(variant: dict[str, str]) -> str:
+    """The table's name for a variant, e.g. ``timebudget (round, fresh, passes=5)``."""
+    extra = [variant["processes"]] + [f"{k}={variant[k]}" for k in FLAGS if k in variant]
+    if variant["mode"] == "epochs":
+        return f"epochs (1 epoch, constant lr, {', '.join(extra)})"
+    return f"timebudget ({', '.join([variant['decay']] + extra)})"
+
+
+def run_once(out: Path, variant: dict[str, str], cap: float, args: argparse.Namespace, seed: int) -> dict:
+    argv = [sys.executable, "-m", "timebudget", "federated", "--out", str(out), "--mode", variant["mode"],
+            "--lr-decay", variant["decay"], "--client-processes", variant["processes"], "--quiet",
             "--clients", str(args.clients), "--rounds", str(args.rounds), "--round-seconds", f"{cap:g}",
             "--data", args.data, "--partition", args.partition, "--client-speed", args.speeds, "--seed", str(seed)]
+    for key, flag in FLAGS.items():
+        if key in variant:
+            argv += [flag, variant[key]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -69,7 +92,7 @@ def run_once(out: Path, variant: tuple[str, str], cap: float, args: argparse.Nam
         proc.wait()
         raise
     if proc.returncode != 0:
-        raise SystemExit(f"{mode}/{decay} cap {cap:g} seed {seed} failed: {stderr.strip()}")
+        raise SystemExit(f"{label(variant)} cap {cap:g} seed {seed} failed: {stderr.strip()}")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     summary["replies"] = [r for r in records if "node" in r]
@@ -92,35 +115,38 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--partition", default="dirichlet:0.5")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--variants", default="timebudget:round,timebudget:federation,epochs",
-                        help="comma-separated clients to compare: timebudget:round, timebudget:federation, epochs")
+    parser.add_argument("--variants", default="timebudget,timebudget:federation,epochs",
+                        help="comma-separated clients to compare, e.g. timebudget, timebudget:fresh, "
+                        "timebudget:passes=5, timebudget:mu=0.1, epochs (see parse_variants)")
     args = parser.parse_args()
     variants = parse_variants(args.variants)
     caps = [float(c) for c in args.caps.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict[tuple[float, tuple[str, str]], list[dict]] = {}
+    results: dict[tuple[float, str], list[dict]] = {}
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="tb-fed-bench-") as tmp:
         for cap in caps:
             for seed in seeds:
-                for variant in variants:
-                    summary = run_once(Path(tmp) / f"{'-'.join(variant)}-{cap:g}-{seed}", variant, cap, args, seed)
-                    results.setdefault((cap, variant), []).append(summary)
-                    print(f"# done {'/'.join(variant)} cap {cap:g} seed {seed}: {summary['outside_wall_s']:.0f} s",
-                          file=sys.stderr)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                for i, variant in enumerate(variants):
+                    summary = run_once(Path(tmp) / f"v{i}-{cap:g}-{seed}", variant, cap, args, seed)
+                    results.setdefault((cap, label(variant)), []).append(summary)
+                    loads.append(os.getloadavg()[0])
+                    print(f"# done {label(variant)} cap {cap:g} seed {seed}: {summary['outside_wall_s']:.0f} s, "
+                          f"load {loads[-1]:.1f}", file=sys.stderr)
     print(f"\n$ python {' '.join(sys.argv)}")
     print(f"{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
-          f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, load average {load:.1f} at the end\n")
-    print("| cap s | client (lr decay) | replies in time | errors | samples/round (per client) | idle s (per client) | "
-          "to first line s | trip s | accuracy after each round (s since start) | acc. at the same second | "
-          "final acc. |")
+          f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, 1-minute load average {loads[0]:.1f} at the "
+          f"start, {statistics.median(loads):.1f} median and {max(loads):.1f} highest after each run\n")
+    print("| cap s | client (lr decay, ClientApp processes, remedy) | replies in time | errors | samples/round (per client) | idle s (per client) | "
+          "to first line s | trip s | median accuracy after each round (s since start) | acc. at the same second | "
+          "final acc.: median (per seed) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cap in caps:
-        same_second = [min(results[(cap, v)][i]["rounds"][-1]["elapsed_s"] for v in variants)
+        same_second = [min(results[(cap, label(v))][i]["rounds"][-1]["elapsed_s"] for v in variants)
                        for i in range(len(seeds))]
         for variant in variants:
-            runs = results[(cap, variant)]
-            name = "epochs (1 epoch, constant lr)" if variant[0] == "epochs" else f"timebudget ({variant[1]})"
+            name = label(variant)
+            runs = results[(cap, name)]
             replies = [r for s in runs for r in s["replies"]]
             ok = sum(r["in_time"] and "error" not in r for r in replies)
             errors = sum("error" in r for r in replies)
@@ -129,25 +155,27 @@ def main() -> None:
                                  for c in range(len(clients)))
             idle = " / ".join(f"{statistics.median(s['clients'][c]['idle_s'] for s in runs):.1f}"
                               for c in range(len(clients)))
-            curve = ", ".join(f"{r['test_metrics']['accuracy']:.3f} ({r['elapsed_s']:.0f})"
-                              for r in runs[0]["rounds"][1:])
+            curve = ", ".join(  # median over seeds, round by round
+                f"{statistics.median(s['rounds'][i]['test_metrics']['accuracy'] for s in runs):.3f} "
+                f"({statistics.median(s['rounds'][i]['elapsed_s'] for s in runs):.0f})"
+                for i in range(1, len(runs[0]["rounds"])))
             at_same = statistics.median(accuracy_at(s, t) for s, t in zip(runs, same_second))
             starts = [r["delivery_s"] + r["startup_s"] for r in replies if "delivery_s" in r]
             trips = [r["trip_s"] for r in replies if "trip_s" in r]
             start = f"{statistics.median(starts):.1f} ({min(starts):.1f}-{max(starts):.1f})" if starts else "-"
             trip = f"{max(trips):.2f}" if trips else "-"
-            final = statistics.median(s["final_test_metrics"]["accuracy"] for s in runs)
+            finals = [s["final_test_metrics"]["accuracy"] for s in runs]
             print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
                   f"{samples} | {idle} | {start} | {trip} | {curve} | "
                   f"{at_same:.3f} at {statistics.median(same_second):.0f} s | "
-                  f"{final:.3f} |")
-    for mode, decay in variants:
-        if mode != "timebudget":
+                  f"{statistics.median(finals):.3f} ({', '.join(f'{a:.3f}' for a in finals)}) |")
+    for variant in variants:
+        if variant["mode"] != "timebudget":
             continue
-        arrived = [c for c in caps if all(r["in_time"] for s in results[(c, (mode, decay))] for r in s["replies"])]
-        trained = [c for c in arrived
-                   if all("error" not in r for s in results[(c, (mode, decay))] for r in s["replies"])]
-        print(f"\ntimebudget ({decay}): every reply in time at caps {', '.join(f'{c:g}' for c in arrived) or 'none'} s;"
+        name = label(variant)
+        arrived = [c for c in caps if all(r["in_time"] for s in results[(c, name)] for r in s["replies"])]
+        trained = [c for c in arrived if all("error" not in r for s in results[(c, name)] for r in s["replies"])]
+        print(f"\n{name}: every reply in time at caps {', '.join(f'{c:g}' for c in arrived) or 'none'} s;"
               f" every reply in time and trained at {', '.join(f'{c:g}' for c in trained) or 'none'} s")
     print("\nReplies not in time, and error replies:")
     for (cap, variant), runs in results.items():
@@ -157,7 +185,7 @@ def main() -> None:
                     seen = "never seen" if r["seconds"] is None else f"seen at {r['seconds']:.2f} s"
                     client_s = r.get("client_seconds", float("nan"))
                     why = r.get("error") or f"the client replied at {client_s:.2f} s by its clock"
-                    print(f"- cap {cap:g} {'/'.join(variant)} seed {seed}: round {r['round']} client {r['client']}, "
+                    print(f"- cap {cap:g} {variant} seed {seed}: round {r['round']} client {r['client']}, "
                           f"{seen}: {why}")
 
 

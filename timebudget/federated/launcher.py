@@ -20,15 +20,17 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import artifacts
 from ..errors import TimebudgetError
+from . import executor
 from .partition import positive_number
 from .settings import REPLY_RESERVE_S, NodeSettings, RunSettings
 
+CLIENT_PROCESSES = ("warm", "fresh")
 INSTALL_HINT = "timebudget federated needs Flower: pip install 'timebudget[federated]' (flwr>=1.21,<1.43)"
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
@@ -87,6 +89,10 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=REPLY_RESERVE_S, metavar="SECONDS",
                    help="seconds each client keeps for its reply's trip to the server in the first round, before the "
                    f"server has measured that trip (default {REPLY_RESERVE_S:g})")
+    f.add_argument("--client-processes", dest="client_processes", default="warm", choices=CLIENT_PROCESSES,
+                   help="warm (default): each SuperNode in --isolation process with timebudget's executor, which forks "
+                   "every ClientApp process from one that imported flwr, torch and timebudget once; fresh: Flower's "
+                   "own, a new flwr-clientapp process (interpreter and imports) per message")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config field of every client's run, repeatable (e.g. --set batch_size=32)")
@@ -193,14 +199,20 @@ class Deployment:
         return proc
 
     def wait_listening(self, name: str, proc: subprocess.Popen[bytes], ports: Sequence[int]) -> None:
+        self.wait_until(name, proc, lambda: all(listening(p) for p in ports),
+                        f"listening on 127.0.0.1:{','.join(map(str, ports))}", " (a port in use?)")
+
+    def wait_until(self, name: str, proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str,
+                   hint: str = "") -> None:
+        """Wait until ``ready()``; one line naming ``name`` and its log when it exits or takes too long first."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not all(listening(p) for p in ports):
+        while not ready():
             if proc.poll() is not None:
-                raise TimebudgetError(f"{name} exited with code {proc.returncode} before listening on 127.0.0.1:"
-                                      f"{','.join(map(str, ports))} (a port in use?): {self.last_line(name)}")
+                raise TimebudgetError(f"{name} exited with code {proc.returncode} before it was {what}{hint}: "
+                                      f"{self.last_line(name)}")
             if time.monotonic() > deadline:
-                raise TimebudgetError(f"{name} did not listen on 127.0.0.1:{','.join(map(str, ports))} within "
-                                      f"{READY_TIMEOUT_S:g} s; see {self.logs / (name + '.log')}")
+                raise TimebudgetError(f"{name} was not {what} within {READY_TIMEOUT_S:g} s; see "
+                                      f"{self.logs / (name + '.log')}")
             time.sleep(0.1)
 
     def last_line(self, name: str) -> str:
@@ -299,10 +311,14 @@ def _zombie(pid: int) -> bool:
     return not fields or fields[0] == "Z"
 
 
-def deploy(run: RunSettings, nodes: list[NodeSettings]) -> float:
-    """Run the federation to its end; returns its wall seconds. Raises TimebudgetError when it cannot run."""
+def deploy(run: RunSettings, nodes: list[NodeSettings], client_processes: str = "warm") -> float:
+    """Run the federation to its end; returns its wall seconds. Raises TimebudgetError when it cannot run.
+    ``client_processes``: ``warm`` (each SuperNode's ClientApp processes forked by :mod:`.executor` from one that has
+    done the imports) or ``fresh`` (Flower's SuperExec, one new ``flwr-clientapp`` per message)."""
     if importlib.util.find_spec("flwr") is None:
         raise TimebudgetError(INSTALL_HINT)
+    if client_processes == "warm" and (why := executor.supported()) is not None:
+        raise TimebudgetError(f"--client-processes warm cannot run: {why}; use --client-processes fresh")
     out = Path(run.out)
     if (out / "rounds.jsonl").exists():
         raise TimebudgetError(f"--out {str(out)!r} already holds a federated run (rounds.jsonl); choose a new folder")
@@ -334,14 +350,24 @@ def deploy(run: RunSettings, nodes: list[NodeSettings]) -> float:
             tools["flower-superlink"], "--insecure", "--database", ":flwr-in-memory:", "--host", "127.0.0.1",
             "--port", str(link_port), "--disable-runtime-dependency-installation"])
         deployment.wait_listening("superlink", link, [link_port])
+        isolation = "process" if client_processes == "warm" else "subprocess"
         for node, port in zip(nodes, node_ports):
             ensure_free(port)
             deployment.start(f"supernode_{node.partition_id}", [
                 tools["flower-supernode"], "--insecure", "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
-                "--port", str(port), "--node-config", node.to_node_config(), "--max-retries", "0"])
+                "--port", str(port), "--node-config", node.to_node_config(), "--max-retries", "0",
+                "--isolation", isolation])
         for node, port in zip(nodes, node_ports):
             name = f"supernode_{node.partition_id}"
             deployment.wait_listening(name, dict(deployment.procs)[name], [port])
+            if client_processes == "warm":
+                deployment.start(f"executor_{node.partition_id}", [
+                    sys.executable, "-m", "timebudget.federated.executor", "--runtime-api-address", f"127.0.0.1:{port}"])
+        for node in nodes if client_processes == "warm" else []:  # imported before the first round is sent
+            name = f"executor_{node.partition_id}"
+            deployment.wait_until(name, dict(deployment.procs)[name],
+                                  lambda: executor.READY in (deployment.logs / f"{name}.log").read_text(errors="replace"),
+                                  "ready (its imports done)")
         flwr = deployment.start("serverapp", [tools["flwr"], "run", str(app), "loopback", "--stream"])
         limit = READY_TIMEOUT_S + run.rounds * (run.round_seconds + 30.0)
         try:
@@ -362,7 +388,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float) -> dict[str, Any]:
+def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float, client_processes: str) -> dict[str, Any]:
     """summary.json: per client the share of replies in time, samples and seconds per round, and the seconds it
     idled (the round lasted until the server's last in-time reply or its timeout; a client idles after its reply)."""
     records = [json.loads(l) for l in (Path(run.out) / "rounds.jsonl").read_text().splitlines() if l.strip()]
@@ -390,7 +416,8 @@ def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float) -> dic
             "trip_s": max((x["trip_s"] for x in mine if "trip_s" in x), default=None),
         })
     final = rounds.get(run.rounds, {})
-    summary = {"settings": run.to_run_config(), "wall_s": round(wall_s, 2), "clients": clients,
+    summary = {"settings": run.to_run_config(), "client_processes": client_processes, "wall_s": round(wall_s, 2),
+               "clients": clients,
                "unattributed_replies": sum(1 for x in replies if x["client"] is None),
                "rounds": [{"round": r, "test_metrics": rec["test_metrics"], "elapsed_s": rec["elapsed_s"]}
                           for r, rec in sorted(rounds.items())],
@@ -428,8 +455,8 @@ def main(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("flwr") is None:
         raise TimebudgetError(INSTALL_HINT)
     run, nodes = settings_from_args(args)
-    wall_s = deploy(run, nodes)
-    summary = summarise(run, nodes, wall_s)
+    wall_s = deploy(run, nodes, args.client_processes)
+    summary = summarise(run, nodes, wall_s, args.client_processes)
     if not args.quiet:
         print(table(summary))
     return 0
