@@ -137,8 +137,9 @@ def main() -> None:
     print(f"{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
           f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, 1-minute load average {loads[0]:.1f} at the "
           f"start, {statistics.median(loads):.1f} median and {max(loads):.1f} highest after each run\n")
-    print("| cap s | client (lr decay, ClientApp processes, remedy) | replies in time | errors | samples/round (per client) | idle s (per client) | "
-          "to first line s | trip s | median accuracy after each round (s since start) | acc. at the same second | "
+    print("| cap s | client (lr decay, ClientApp processes, remedy) | replies in time | errors | "
+          "passes/round (per client) | idle s (per client) | to first line s: median (range): delivery + start-up | "
+          "trip s | median accuracy after each round (s since start) | acc. at the same second | "
           "final acc.: median (per seed) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cap in caps:
@@ -151,8 +152,8 @@ def main() -> None:
             ok = sum(r["in_time"] and "error" not in r for r in replies)
             errors = sum("error" in r for r in replies)
             clients = runs[0]["clients"]
-            samples = " / ".join(f"{statistics.median(s['clients'][c]['samples_per_round'] for s in runs):.0f}"
-                                 for c in range(len(clients)))
+            passes = " / ".join(f"{statistics.median(s['clients'][c].get('passes_per_round', 0) for s in runs):.1f}"
+                                for c in range(len(clients)))
             idle = " / ".join(f"{statistics.median(s['clients'][c]['idle_s'] for s in runs):.1f}"
                               for c in range(len(clients)))
             curve = ", ".join(  # median over seeds, round by round
@@ -160,13 +161,16 @@ def main() -> None:
                 f"({statistics.median(s['rounds'][i]['elapsed_s'] for s in runs):.0f})"
                 for i in range(1, len(runs[0]["rounds"])))
             at_same = statistics.median(accuracy_at(s, t) for s, t in zip(runs, same_second))
-            starts = [r["delivery_s"] + r["startup_s"] for r in replies if "delivery_s" in r]
+            timed = [r for r in replies if "delivery_s" in r]
+            starts = [r["delivery_s"] + r["startup_s"] for r in timed]
             trips = [r["trip_s"] for r in replies if "trip_s" in r]
-            start = f"{statistics.median(starts):.1f} ({min(starts):.1f}-{max(starts):.1f})" if starts else "-"
+            start = (f"{statistics.median(starts):.1f} ({min(starts):.1f}-{max(starts):.1f}): "
+                     f"{statistics.median(r['delivery_s'] for r in timed):.1f} + "
+                     f"{statistics.median(r['startup_s'] for r in timed):.1f}" if timed else "-")
             trip = f"{max(trips):.2f}" if trips else "-"
             finals = [s["final_test_metrics"]["accuracy"] for s in runs]
             print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
-                  f"{samples} | {idle} | {start} | {trip} | {curve} | "
+                  f"{passes} | {idle} | {start} | {trip} | {curve} | "
                   f"{at_same:.3f} at {statistics.median(same_second):.0f} s | "
                   f"{statistics.median(finals):.3f} ({', '.join(f'{a:.3f}' for a in finals)}) |")
     for variant in variants:

@@ -44,8 +44,10 @@ def digits_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     return models.build("cnn", (1, 8, 8), 10, "image").state_dict()
 
 
-def make_context(tmp_path: Path, partition_id: int = 0, **node: object) -> Context:
-    run = RunSettings(out=str(tmp_path), rounds=2, round_seconds=8.0, clients=2, data="digits", partition="iid")
+def make_context(tmp_path: Path, partition_id: int = 0, run_fields: dict[str, object] | None = None,
+                 **node: object) -> Context:
+    run = RunSettings(out=str(tmp_path), rounds=2, round_seconds=8.0, clients=2, data="digits", partition="iid",
+                      **(run_fields or {}))
     node_config = {"partition-id": partition_id, "num-partitions": 2, **node}
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run.to_run_config())
 
@@ -101,6 +103,21 @@ def test_the_next_round_starts_from_the_saved_score_table_and_a_node_cap_bounds_
     assert metrics["client-seconds"] <= 8.0 - (1.5 * 2.0 + 0.5) + 2 * TICK
     after = torch.load(tmp_path / "clients" / "client_0" / "round_002" / "scores.pt")
     assert (after["count"] >= saved["count"]).all() and after["count"].sum() > saved["count"].sum()
+
+
+def test_a_pass_cap_answers_early_with_the_samples_it_trained(tmp_path: Path) -> None:
+    """The first round trains to the deadline and measures its speed; with ``max-local-passes`` the next one stops
+    after about that many passes over the client's share, well before its cap, and reports the samples it trained
+    (FedAvg's weight), not what the cap would have held."""
+    capped = {"max_local_passes": 1.0}
+    first = call_train(train_message(30.0, server_round=1), make_context(tmp_path, run_fields=capped), TickingClock())
+    assert first.content["metrics"]["passes"] > 3  # no measurement yet: to the deadline
+    reply = call_train(train_message(30.0, server_round=2), make_context(tmp_path, run_fields=capped), TickingClock())
+    metrics = reply.content["metrics"]
+    summary = json.loads((tmp_path / "clients" / "client_0" / "round_002" / "summary.json").read_text())
+    assert metrics["num-examples"] == metrics["samples"] == summary["samples_trained"] > 0
+    assert 0.5 <= metrics["passes"] <= 1.6 and metrics["passes"] == pytest.approx(summary["passes"])
+    assert metrics["client-seconds"] < first.content["metrics"]["client-seconds"] / 2
 
 
 def with_deadline(msg: Message, sent_ago: float) -> Message:

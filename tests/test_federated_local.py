@@ -166,3 +166,19 @@ def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_val
     untouched = strategies.build(dataclasses.replace(config, filter_noisy="auto"), "classification")
     local.StrategyCarry(None)(untouched, torch.device("cpu"))  # a first round: nothing to carry
     assert untouched.streak is None and untouched.inner.used is None
+
+
+def test_a_pass_cap_shortens_the_round_to_what_the_last_round_measured_for_those_passes() -> None:
+    last = {"setup_s": 1.0, "step_s": 0.01, "tail_s": 0.5, "pass_s": 0.5}
+    # 2 s in, 1 s of set-up, 3 passes of 0.5 s, the tail and the margin
+    assert local.pass_budget(last, 3.0, 2.0, 20.0, 0.1) == pytest.approx(2.0 + 1.0 + 1.5 + 0.5 + 0.1)
+    assert local.pass_budget(last, 0.0, 2.0, 20.0, 0.1) == 20.0  # no cap: the deadline's
+    assert local.pass_budget(None, 3.0, 2.0, 20.0, 0.1) == 20.0  # nothing measured yet (the first round)
+    assert local.pass_budget(last, 100.0, 2.0, 20.0, 0.1) == 20.0  # the passes do not fit: the deadline still holds
+    summary = {"phase_starts": {"start-up": 0.0, "calibration": 0.5, "training": 1.0, "tail": 9.0}, "passes": 4.0}
+    assert local.pass_seconds(summary) == 2.0 and local.pass_seconds({**summary, "passes": 0.0}) is None
+
+
+def test_max_local_passes_is_checked() -> None:
+    with pytest.raises(Exception, match="max-local-passes"):
+        RunSettings(max_local_passes=-1.0).validate()

@@ -3,9 +3,10 @@
 Flower 1.42 runs every message in a process of its own, which exits after its one reply (no flwr 1.42 setting keeps
 one running): Flower's SuperExec starts a fresh ``flwr-clientapp`` (interpreter and imports), and the launcher's
 warm executor (``executor``) forks one from a process that has done the imports. Either way everything this client
-costs before training (Flower's delivery, its process start, any imports, loading the weights) is inside the round. The client needs no estimate of it: the server sends the round's deadline on its wall clock
-(``settings.DEADLINE_KEY``, with the cap), the client trains until that deadline less the reply's trip, which the
-server measures for each node and sends back in the next round's config, and it reads only the clock. A message
+costs before training (Flower's delivery, its process start, any imports, loading the weights) is inside the round.
+The client needs no estimate of it: the server sends the round's deadline on its wall clock (``settings.DEADLINE_KEY``,
+with the cap), the client trains until that deadline less the reply's trip, which the server measures for each node
+and sends back in the next round's config, and it reads only the clock. A message
 without a deadline (another ServerApp) counts from its ``created_at``, and at the latest from this process's start.
 State across rounds (the score table, the strategy's bookkeeping) lives in the client's own folder under the run's
 ``out``.

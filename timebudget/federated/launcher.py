@@ -86,6 +86,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--lr-decay", dest="lr_decay", default="round", choices=("round", "federation"),
                    help="round (default): the learning rate decays to zero within each round; federation: one linear "
                    "decay across all rounds")
+    f.add_argument("--max-local-passes", dest="max_local_passes", type=float, default=0.0, metavar="N",
+                   help="timebudget mode: at most N passes over the client's data per round, so it answers early "
+                   "instead of drifting toward its own labels (default 0: train until the deadline)")
     f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=REPLY_RESERVE_S, metavar="SECONDS",
                    help="seconds each client keeps for its reply's trip to the server in the first round, before the "
                    f"server has measured that trip (default {REPLY_RESERVE_S:g})")
@@ -125,7 +128,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, list[Node
                       data=args.data, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
                       model=args.model, strategy=args.strategy, partition=args.partition, seed=args.seed,
                       mode=args.mode, local_epochs=args.local_epochs, lr_decay=args.lr_decay,
-                      reply_reserve=args.reply_reserve, overrides=" ".join(args.set)).validate()
+                      reply_reserve=args.reply_reserve, max_local_passes=args.max_local_passes,
+                      overrides=" ".join(args.set)).validate()
     speeds = per_client(args.client_speed, run.clients, "client-speed", allow_empty=False)
     caps = per_client(args.client_caps, run.clients, "client-caps", allow_empty=True)
     nodes = [NodeSettings(i, run.clients, speeds[i] or 1.0, caps[i]) for i in range(run.clients)]
@@ -362,12 +366,13 @@ def deploy(run: RunSettings, nodes: list[NodeSettings], client_processes: str = 
             deployment.wait_listening(name, dict(deployment.procs)[name], [port])
             if client_processes == "warm":
                 deployment.start(f"executor_{node.partition_id}", [
-                    sys.executable, "-m", "timebudget.federated.executor", "--runtime-api-address", f"127.0.0.1:{port}"])
+                    sys.executable, "-m", "timebudget.federated.executor", "--runtime-api-address",
+                    f"127.0.0.1:{port}"])
         for node in nodes if client_processes == "warm" else []:  # imported before the first round is sent
             name = f"executor_{node.partition_id}"
+            log = deployment.logs / f"{name}.log"
             deployment.wait_until(name, dict(deployment.procs)[name],
-                                  lambda: executor.READY in (deployment.logs / f"{name}.log").read_text(errors="replace"),
-                                  "ready (its imports done)")
+                                  lambda: executor.READY in log.read_text(errors="replace"), "ready (its imports done)")
         flwr = deployment.start("serverapp", [tools["flwr"], "run", str(app), "loopback", "--stream"])
         limit = READY_TIMEOUT_S + run.rounds * (run.round_seconds + 30.0)
         try:
@@ -408,6 +413,7 @@ def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float, client
             "replies": len(mine), "in_time": len(ok), "in_time_pct": 100.0 * len(ok) / max(len(mine), 1),
             "errors": [x["error"] for x in mine if "error" in x],
             "samples_per_round": sum(x["samples"] or 0 for x in ok) / max(len(ok), 1),
+            "passes_per_round": sum(x.get("passes") or 0 for x in ok) / max(len(ok), 1),
             "seconds_per_round": sum(x["seconds"] for x in ok) / max(len(ok), 1),
             "idle_s": sum(round_end[x["round"]] - x["seconds"] for x in ok),
             # before its first step: Flower's delivery and the ClientApp process's start-up (median), and the longest

@@ -24,7 +24,7 @@ from ..batches import Batches
 from ..errors import BudgetTooSmall
 from ..trainer import RunHooks, build_optimizer, evaluate, per_sample_loss, resolve_defaults, train
 from .partition import indices, parse_scheme
-from .settings import SETUP_FILE, NodeSettings, RunSettings, node_dir, refuse_early
+from .settings import SETUP_FILE, NodeSettings, RunSettings, last_setup, node_dir, refuse_early
 
 MIN_PARTITION = 2  # BatchNorm cannot train on a client with one sample
 
@@ -155,20 +155,42 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
                      scores=previous(folder, server_round, "scores.pt"),
                      schedule=round_schedule(server_round, run.rounds, run.lr_decay), wrap_step=slowed(node.speed),
                      strategy=carried)
+    config = train_config(run, seconds, out)
     called = now()
-    result = train(train_config(run, seconds, out), start=start, now=now, hooks=hooks)
+    config = dataclasses.replace(config, seconds=pass_budget(last_setup(folder), run.max_local_passes,
+                                                             called - start, seconds, config.margin))
+    result = train(config, start=start, now=now, hooks=hooks)
     carried.save(result.out_dir)
     s = result.summary
     setup = {"import_s": called - (called if entered is None else entered),
              "setup_s": s["startup_s"] - (called - start),
-             "step_s": s["calibration"]["step_s"][-1], "tail_s": s["tail_reserved_s"]}
+             "step_s": s["calibration"]["step_s"][-1], "tail_s": s["tail_reserved_s"],
+             "pass_s": pass_seconds(s)}
     artifacts.write_json(folder / SETUP_FILE, setup)
     return RoundResult(
         {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
         {"samples": float(s["samples_trained"]), "train-seconds": float(s["elapsed_s"]),
          "loss": last_loss(result.out_dir), "partition-id": float(node.partition_id),
-         "num-examples": float(s["samples_trained"])},
+         "num-examples": float(s["samples_trained"]), "passes": float(s["passes"])},
     )
+
+
+def pass_seconds(summary: dict[str, Any]) -> float | None:
+    """A run's seconds per pass over its data: its training phase (the steps and the loop's own costs: scoring,
+    logging, snapshots) over the passes it made; ``None`` when it made none."""
+    phases = summary["phase_starts"]
+    return (phases["tail"] - phases["training"]) / summary["passes"] if summary["passes"] > 0 else None
+
+
+def pass_budget(last: dict[str, Any] | None, passes: float, elapsed: float, seconds: float, margin: float) -> float:
+    """The seconds (counted like ``seconds``, from the round's start) a round may use when it is to train at most
+    ``passes`` passes over the client's data: from ``elapsed``, what the client's last round measured for its set-up,
+    its seconds per pass and its tail. The run's learning rate then decays to zero by those passes and the client
+    answers early. ``seconds`` (the deadline's) when there is no cap, nothing measured yet (the first round) or the
+    passes do not fit before the deadline."""
+    if not passes or last is None or not last.get("pass_s"):
+        return seconds
+    return min(seconds, elapsed + last["setup_s"] + passes * last["pass_s"] + last["tail_s"] + margin)
 
 
 def last_loss(run_dir: Path) -> float:
@@ -213,7 +235,8 @@ def fixed_epochs(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeS
             samples += len(y)
     return RoundResult({k: v.detach().cpu() for k, v in model.state_dict().items()},
                        {"samples": float(samples), "train-seconds": now() - t0, "loss": float(loss),
-                        "partition-id": float(node.partition_id), "num-examples": float(samples)})
+                        "partition-id": float(node.partition_id), "num-examples": float(samples),
+                        "passes": float(epochs)})
 
 
 def local_metrics(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSettings) -> dict[str, float]:

@@ -164,7 +164,8 @@ class TimedGrid(Grid):
         record.update(samples=int(metrics["samples"]), cap_s=metrics["cap-seconds"],
                       client_seconds=round(metrics["client-seconds"], 4), loss=metrics["loss"], trip_s=round(path, 3),
                       reply_reserve=round(metrics.get("reply-reserve", float("nan")), 3),
-                      delivery_s=round(metrics["delivery-seconds"], 3), startup_s=round(metrics["startup-seconds"], 3))
+                      delivery_s=round(metrics["delivery-seconds"], 3), startup_s=round(metrics["startup-seconds"], 3),
+                      passes=round(metrics.get("passes", float("nan")), 2))
 
 
 @app.main()

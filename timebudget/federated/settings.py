@@ -66,6 +66,10 @@ class RunSettings:
     lr_decay: str = "round"  # "federation": one linear decay across all rounds
     reply_reserve: float = REPLY_RESERVE_S
     fraction_evaluate: float = 0.0
+    # at most this many passes over the client's shard per round (0: none, train until the deadline): many local passes
+    # on a small label-skewed shard pull a client's weights toward its own labels, and FedAvg's mean of such clients
+    # loses accuracy (client drift)
+    max_local_passes: float = 0.0
     overrides: str = ""  # extra ``key=value`` config fields for every client's run, separated by spaces
 
     def validate(self) -> "RunSettings":
@@ -83,6 +87,8 @@ class RunSettings:
             raise TimebudgetError(f"--local-epochs must be >= 1, got {self.local_epochs}")
         if not (self.reply_reserve >= 0 and math.isfinite(self.reply_reserve)):
             raise TimebudgetError(f"--reply-reserve must be a number >= 0, got {self.reply_reserve!r}")
+        if not (self.max_local_passes >= 0 and math.isfinite(self.max_local_passes)):
+            raise TimebudgetError(f"--max-local-passes must be a number >= 0 (0: none), got {self.max_local_passes!r}")
         if not 0.0 <= self.fraction_evaluate <= 1.0:
             raise TimebudgetError(f"fraction-evaluate must be in [0, 1], got {self.fraction_evaluate}")
         parse_scheme(self.partition)
@@ -172,18 +178,23 @@ def refuse_early(folder: Path, elapsed: float, seconds: float, server_round: int
             f"round cap less the reply's reserve leaves {seconds:.2f} s, and Flower's delivery and this client's "
             f"start-up took {elapsed:.2f} s: nothing left to train"
         )
-    path = folder / SETUP_FILE
-    if not path.exists():
+    last = last_setup(folder)
+    if last is None:
         return
-    last = json.loads(path.read_text())
     needed = last["setup_s"] + last["step_s"] + last["tail_s"] + (last["import_s"] if before_import else 0.0)
     if elapsed + needed > seconds and last.get("refused_round") != server_round - 1:
-        _write_json(path, {**last, "refused_round": server_round})
+        _write_json(folder / SETUP_FILE, {**last, "refused_round": server_round})
         raise BudgetTooSmall(
             f"round cap less the reply's reserve leaves {seconds - elapsed:.2f} s after Flower's delivery and this "
             f"client's start-up ({elapsed:.2f} s), and its last round needed {needed:.2f} s to load, set up, take "
             "one step and finish"
         )
+
+
+def last_setup(folder: Path) -> dict[str, Any] | None:
+    """What the client in ``folder`` measured in its last trained round (``SETUP_FILE``), if it has trained one."""
+    path = folder / SETUP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
