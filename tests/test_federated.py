@@ -253,6 +253,15 @@ def test_a_port_in_use_is_one_line(cli_main, tmp_path: Path, monkeypatch: pytest
     assert flower_processes(tmp_path / "fed") == []
 
 
+def test_warm_processes_where_they_cannot_run_is_one_line(cli_main, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher.executor, "supported", lambda: "no fork() or /proc on this system")
+    result = cli_main("federated", "--out", str(tmp_path / "fed"))
+    assert result.code == 2
+    result.one_line_error("--client-processes warm cannot run", "no fork()", "--client-processes fresh")
+    assert flower_processes(tmp_path / "fed") == []
+
+
 def test_without_flwr_the_command_is_one_line(cli_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launcher.importlib.util, "find_spec", lambda name: None)
     result = cli_main("federated", "--out", str(tmp_path / "fed"))
@@ -299,15 +308,19 @@ def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path)
     assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][0]["speed"] == 0.5
     assert summary["clients"][1]["in_time"] == 0 and summary["clients"][1]["errors"]
     assert "in time" in stdout and "nothing left to train" in stdout
+    assert summary["client_processes"] == "warm"  # the default: each ClientApp process forked by the warm executor
+    assert "timebudget client 0 round 2" in (out / "logs" / "executor_0.log").read_text()
     assert flower_processes(out) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_ctrl_c_or_a_killed_launcher_leaves_no_process(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize("sig, processes", [(signal.SIGINT, "warm"), (signal.SIGKILL, "warm"),
+                                            (signal.SIGINT, "fresh")])
+def test_ctrl_c_or_a_killed_launcher_leaves_no_process(tmp_path: Path, sig: int, processes: str) -> None:
     """SIGINT, as Ctrl-C sends it to the launcher alone (SIGTERM takes the same path): the launcher stops everything
-    and says so. SIGKILL: the launcher cannot act, and its processes end because their parent died."""
+    and says so. SIGKILL: the launcher cannot act, and its processes (the warm executors' forked ClientApps too) end
+    because their parent died."""
     out = tmp_path / "fed"
-    proc = federated(out, "--clients", "2", "--rounds", "5", "--round-seconds", "30")
+    proc = federated(out, "--clients", "2", "--rounds", "5", "--round-seconds", "30", "--client-processes", processes)
     deadline = time.monotonic() + 120
     while not (out / "logs" / "serverapp.log").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -92,7 +92,7 @@ def run_child(address: str, token: str, parent: int) -> int:
         return 0
     except SystemExit as exc:  # flwr_exit ends the task this way
         return exc.code if isinstance(exc.code, int) else 0
-    except BaseException:  # noqa: BLE001 - a child must never return into the parent's loop
+    except BaseException:  # noqa: BLE001 - any failure is this task's: print it, exit non-zero
         traceback.print_exc()
         return 1
 
@@ -114,13 +114,11 @@ def serve(address: str, poll_s: float = POLL_S) -> None:
     # tensor operation runs, so no thread starts before the forks
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
-    stopping: list[int] = []
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.append(signum)
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)  # out of any call, a retried AcquireTask to a SuperNode already gone included
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
+        signal.signal(sig, stop)
     children = Children()
     runtime = RuntimeHttpClient.from_server_address(
         server_address=address, insecure=True, root_certificates=None,
@@ -129,7 +127,7 @@ def serve(address: str, poll_s: float = POLL_S) -> None:
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     print(f"{READY}, serving the ClientApp tasks of {address}", flush=True)
     try:
-        while not stopping:
+        while True:
             children.reap()
             answer = runtime.AcquireTask(request)
             if not (answer.HasField("task") and answer.token):
@@ -138,11 +136,14 @@ def serve(address: str, poll_s: float = POLL_S) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
-            if pid == 0:
-                code = run_child(address, answer.token, os.getppid())
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            if pid == 0:  # the child never returns into this loop, whatever happens in it
+                code = 1
+                try:
+                    code = run_child(address, answer.token, os.getppid())
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
             children.pids.add(pid)
     finally:
         children.stop()
