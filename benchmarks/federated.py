@@ -38,13 +38,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODES, DECAYS, PROCESSES = ("timebudget", "epochs"), ("round", "federation"), ("warm", "fresh")
 # launcher flags a variant may set with KEY=VALUE
-FLAGS = {"passes": "--max-local-passes", "mu": "--proximal-mu"}
+FLAGS = {"passes": "--max-local-passes", "rounds": "--rounds"}
 
 
 def parse_variants(text: str) -> list[dict[str, str]]:
     """``timebudget,timebudget:fresh,timebudget:passes=5,epochs`` as one dict per client: its mode, then, separated
     by colons and in any order, the learning-rate decay (``round``, the default, or ``federation``), the ClientApp
-    processes (``warm``, the default, or ``fresh``) and launcher flags (``passes=N``, ``mu=X``)."""
+    processes (``warm``, the default, or ``fresh``) and launcher flags (``passes=N``; ``rounds=N`` instead of
+    ``--rounds``, e.g. to give one-epoch clients as many rounds as fit in the wall-clock the others take)."""
     picked = []
     for item in text.split(","):
         mode, *qualifiers = item.split(":")
@@ -77,10 +78,11 @@ def label(variant: dict[str, str]) -> str:
 def run_once(out: Path, variant: dict[str, str], cap: float, args: argparse.Namespace, seed: int) -> dict:
     argv = [sys.executable, "-m", "timebudget", "federated", "--out", str(out), "--mode", variant["mode"],
             "--lr-decay", variant["decay"], "--client-processes", variant["processes"], "--quiet",
-            "--clients", str(args.clients), "--rounds", str(args.rounds), "--round-seconds", f"{cap:g}",
+            "--clients", str(args.clients), "--rounds", variant.get("rounds", str(args.rounds)),
+            "--round-seconds", f"{cap:g}",
             "--data", args.data, "--partition", args.partition, "--client-speed", args.speeds, "--seed", str(seed)]
     for key, flag in FLAGS.items():
-        if key in variant:
+        if key in variant and key != "rounds":
             argv += [flag, variant[key]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     t0 = time.perf_counter()
@@ -117,7 +119,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--variants", default="timebudget,timebudget:federation,epochs",
                         help="comma-separated clients to compare, e.g. timebudget, timebudget:fresh, "
-                        "timebudget:passes=5, timebudget:mu=0.1, epochs (see parse_variants)")
+                        "timebudget:passes=5, epochs (see parse_variants)")
     args = parser.parse_args()
     variants = parse_variants(args.variants)
     caps = [float(c) for c in args.caps.split(",")]
