@@ -122,13 +122,16 @@ def test_run_hooks_shape_one_run(tmp_path: Path) -> None:
 
 
 def test_a_round_the_last_measurements_cannot_fit_is_refused_at_once(tmp_path: Path) -> None:
-    refuse_early(tmp_path, elapsed=5.0, seconds=6.0, server_round=2)  # nothing measured yet: no refusal
-    with pytest.raises(BudgetTooSmall, match="nothing left to train"):
-        refuse_early(tmp_path, elapsed=6.5, seconds=6.0, server_round=2)  # the deadline less the reply's trip passed
+    """A cap of 8 s less a 2 s reply leaves 6 s."""
+    refuse_early(tmp_path, elapsed=5.0, cap_s=8.0, reply_s=2.0, server_round=2)  # nothing measured yet: no refusal
+    with pytest.raises(BudgetTooSmall, match=r"6.50 s had passed .* the reply needs 2.00 s: nothing left to train"):
+        refuse_early(tmp_path, elapsed=6.5, cap_s=8.0, reply_s=2.0, server_round=2)  # the 6 s are gone
+    with pytest.raises(BudgetTooSmall, match="round cap 1.5 s is too small"):
+        refuse_early(tmp_path, elapsed=0.0, cap_s=1.5, reply_s=2.0, server_round=2)  # the reply alone is over the cap
     (tmp_path / SETUP_FILE).write_text('{"import_s": 3.0, "setup_s": 1.0, "step_s": 0.1, "tail_s": 0.4}')
-    refuse_early(tmp_path, elapsed=4.0, seconds=6.0, server_round=2)  # 4 + 1.5 fits in 6
-    with pytest.raises(BudgetTooSmall, match="needed 4.50 s"):
-        refuse_early(tmp_path, elapsed=4.0, seconds=6.0, server_round=2, before_import=True)  # imports still to come
+    refuse_early(tmp_path, elapsed=4.0, cap_s=8.0, reply_s=2.0, server_round=2)  # 4 + 1.5 fits in 6
+    with pytest.raises(BudgetTooSmall, match="needed 4.50 s"):  # the imports still to come
+        refuse_early(tmp_path, elapsed=4.0, cap_s=8.0, reply_s=2.0, server_round=2, before_import=True)
 
 
 def test_a_forecast_refusal_does_not_stick(tmp_path: Path) -> None:
@@ -138,14 +141,14 @@ def test_a_forecast_refusal_does_not_stick(tmp_path: Path) -> None:
     outcomes = []
     for server_round in range(1, 5):
         try:
-            refuse_early(tmp_path, elapsed=4.0, seconds=6.0, server_round=server_round, before_import=True)
-            refuse_early(tmp_path, elapsed=5.0, seconds=6.0, server_round=server_round)  # after the imports
+            refuse_early(tmp_path, elapsed=4.0, cap_s=8.0, reply_s=2.0, server_round=server_round, before_import=True)
+            refuse_early(tmp_path, elapsed=5.0, cap_s=8.0, reply_s=2.0, server_round=server_round)  # after the imports
             outcomes.append("tried")
         except BudgetTooSmall:
             outcomes.append("refused")
     assert outcomes == ["refused", "tried", "refused", "tried"]
     with pytest.raises(BudgetTooSmall, match="nothing left to train"):  # a deadline already gone is no forecast
-        refuse_early(tmp_path, elapsed=6.5, seconds=6.0, server_round=5)
+        refuse_early(tmp_path, elapsed=6.5, cap_s=8.0, reply_s=2.0, server_round=5)
     assert json.loads((tmp_path / SETUP_FILE).read_text())["setup_s"] == 1.0  # the measurements are kept
 
 
@@ -182,3 +185,4 @@ def test_a_pass_cap_shortens_the_round_to_what_the_last_round_measured_for_those
 def test_max_local_passes_is_checked() -> None:
     with pytest.raises(Exception, match="max-local-passes"):
         RunSettings(max_local_passes=-1.0).validate()
+

@@ -63,7 +63,7 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
         startup = {"delivery-seconds": process_start - start, "startup-seconds": entered - process_start}
         reserve = reply_reserve(round_config, run.reply_reserve)
         if run.mode == "timebudget":  # a round it cannot fit is refused before paying for the torch import
-            refuse_early(node_dir(run, node), entered - start, cap - reserve, server_round, before_import=True)
+            refuse_early(node_dir(run, node), entered - start, cap, reserve, server_round, before_import=True)
         from . import local
 
         t0 = now()

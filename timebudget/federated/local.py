@@ -21,7 +21,6 @@ from torch.utils.data import Subset
 
 from .. import artifacts, checkpoint, config as config_module, data, models, sampler, strategies
 from ..batches import Batches
-from ..errors import BudgetTooSmall
 from ..trainer import RunHooks, build_optimizer, evaluate, per_sample_loss, resolve_defaults, train
 from .partition import indices, parse_scheme
 from .settings import SETUP_FILE, NodeSettings, RunSettings, last_setup, node_dir, refuse_early
@@ -142,13 +141,8 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
     of the client's previous round. Raises :class:`BudgetTooSmall` when the cap cannot hold the start-up, one step,
     the tail and the reply. ``entered``: when the handler was entered, to measure what it costs before training."""
     seconds = cap_s - reply_s
-    if seconds <= 0 or now() - start >= seconds:
-        raise BudgetTooSmall(
-            f"round cap {cap_s:g} s is too small: {now() - start:.2f} s had passed since the server sent the round "
-            f"(Flower's delivery and this client's start-up) and the reply needs {reply_s:.2f} s"
-        )
     folder = node_dir(run, node)
-    refuse_early(folder, now() - start, seconds, server_round)
+    refuse_early(folder, now() - start, cap_s, reply_s, server_round)
     out = folder / f"round_{server_round:03d}"
     carried = StrategyCarry(previous(folder, server_round, STRATEGY_FILE))
     hooks = RunHooks(subset=lambda b: client_bundle(b, run, node), weights=weights,

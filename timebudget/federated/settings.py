@@ -160,23 +160,24 @@ def node_dir(run: RunSettings, node: NodeSettings) -> Path:
     return Path(run.out) / "clients" / f"client_{node.partition_id}"
 
 
-def refuse_early(folder: Path, elapsed: float, seconds: float, server_round: int, before_import: bool = False) -> None:
-    """Raise :class:`BudgetTooSmall` at once, while an error reply still reaches the server in time, when the
-    ``seconds`` this client may use (its cap less the reply's reserve) are gone after ``elapsed`` (Flower's delivery and
-    the process start-up), or when what it measured in its last round (the imports and weights before training when
-    ``before_import``, the set-up of data, model and calibration, one step and the tail) cannot fit in what is left.
+def refuse_early(folder: Path, elapsed: float, cap_s: float, reply_s: float, server_round: int,
+                 before_import: bool = False) -> None:
+    """Raise :class:`BudgetTooSmall` at once, while an error reply still reaches the server in time, when what this
+    client may use of its round (``cap_s`` less ``reply_s``, the reply's reserve) is gone after ``elapsed`` (Flower's
+    delivery and the process start-up), or when what it measured in its last round (the imports and weights before
+    training when ``before_import``, the set-up of data, model and calibration, one step and the tail) cannot fit in
+    what is left.
 
     A refusal from the last round's measurements is a forecast, and a forecast from one slow round (a load spike, a
     cold disk cache) would otherwise keep the client out for good, since only a trained round measures anew. So such a
     refusal is never made in two rounds in a row (``server_round`` tells them apart): the round after one is tried, and
     :func:`timebudget.train`'s own calibration then decides on fresh measurements (it still refuses in time when the
     round cannot hold one step). Reads and writes only JSON, so the ClientApp can call it before it imports torch."""
-    if seconds <= 0:
-        raise BudgetTooSmall(f"round cap is {-seconds:.2f} s shorter than the reply's reserve: nothing left to train")
-    if elapsed >= seconds:
+    seconds = cap_s - reply_s
+    if seconds <= 0 or elapsed >= seconds:
         raise BudgetTooSmall(
-            f"round cap less the reply's reserve leaves {seconds:.2f} s, and Flower's delivery and this client's "
-            f"start-up took {elapsed:.2f} s: nothing left to train"
+            f"round cap {cap_s:g} s is too small: {elapsed:.2f} s had passed since the server sent the round (Flower's "
+            f"delivery and this client's start-up) and the reply needs {reply_s:.2f} s: nothing left to train"
         )
     last = last_setup(folder)
     if last is None:
@@ -185,9 +186,9 @@ def refuse_early(folder: Path, elapsed: float, seconds: float, server_round: int
     if elapsed + needed > seconds and last.get("refused_round") != server_round - 1:
         _write_json(folder / SETUP_FILE, {**last, "refused_round": server_round})
         raise BudgetTooSmall(
-            f"round cap less the reply's reserve leaves {seconds - elapsed:.2f} s after Flower's delivery and this "
-            f"client's start-up ({elapsed:.2f} s), and its last round needed {needed:.2f} s to load, set up, take "
-            "one step and finish"
+            f"round cap {cap_s:g} s less the reply's {reply_s:.2f} s leaves {seconds - elapsed:.2f} s after Flower's "
+            f"delivery and this client's start-up ({elapsed:.2f} s), and its last round needed {needed:.2f} s to load, "
+            "set up, take one step and finish"
         )
 
 
