@@ -18,13 +18,14 @@ fixed cost):
   noise.
 
 Budgets are given in passes over the training data: before the table, three ``full`` runs per data set (2, 3 and 5 s)
-measure the passes per second of training and the fixed cost of a run (start-up, calibration, range test, tail), each
-as the median over the three (one load spike cannot set a data set's budgets), and a budget of P passes is ``fixed
-cost + P / rate`` seconds (at least 0.8 s). The realised passes are printed per cell (the machine's load moves them;
-for ``backprop+auto`` they count samples forwarded, of which about half are back-propagated). Each run is an
-in-process ``timebudget.trainer.train`` call, its budget counted from the call; within each (data set, budget, seed)
-the variants run in a shuffled order, so load changes hit all alike. Torch uses one thread (on a shared machine two
-threads on two busy cores make step times jump by 10x and more).
+measure the passes per second of training and the fixed cost of a run (start-up, calibration, range test, tail); a
+block's budget of P passes is ``fixed cost + P / rate`` seconds (at least 0.8 s) from the medians of the last three
+such measurements, each later ``full`` run adding its own, so the budgets follow the machine's load (set once from
+the calibration, on a machine whose load fell from 4.6 to 2.8, "3 passes" realised 3 to 18). The headers give the
+mean budget; the realised passes are printed per cell (for ``backprop+auto`` they count samples forwarded, of which
+about half are back-propagated). Each run is an in-process ``timebudget.trainer.train`` call, its budget counted from
+the call; within each (data set, budget, seed) the variants run in a shuffled order, so load changes hit all alike.
+Torch uses one thread (on a shared machine two threads on two busy cores make step times jump by 10x and more).
 
 The table gives per variant and budget the metric (accuracy in %, or RMSE for regression) as mean ± std over seeds,
 and the paired difference to ``full`` (variant minus full, per seed) with its 95% t-interval; below it, how often the
@@ -144,6 +145,8 @@ class Result:
     filtered: bool  # the noise filter left samples out in some epoch
     importance: float  # share of epochs sampled by importance
     backprop: float  # passes' worth of samples back-propagated (``passes`` but for Selective-Backprop)
+    budget: float  # seconds
+    train_s: float  # seconds of the training window
 
 
 def train_retrying(config: Config) -> dict[str, Any]:
@@ -169,50 +172,61 @@ def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out:
         filtered=any(p.endswith("+filtered") for p in phases),
         importance=sum(p.startswith("importance") for p in phases) / max(1, len(phases)),
         backprop=s.get("strategy_stats", {}).get("backprop_samples", s["samples_trained"]) / s["n_train"],
+        budget=budget,
+        train_s=s["train_s"],
     )
 
 
-def calibrate(spec: str, folder: Path) -> tuple[float, float]:
-    """(fixed cost in seconds, passes per second) of ``full`` on this data: the medians over runs of 2, 3 and 5 s of
-    each run's training throughput (passes over its training seconds) and of the rest of its budget (start-up,
-    calibration, range test, tail), so one load spike on the shared machine cannot set every budget of a data set."""
-    rates, costs = [], []
+def calibrate(spec: str, folder: Path) -> tuple[list[float], list[float]]:
+    """The fixed costs in seconds (start-up, calibration, range test, tail: the budget less the training window) and
+    the training throughputs in passes per second of three ``full`` runs of 2, 3 and 5 s on this data."""
+    costs, rates = [], []
     for seconds in (2.0, 3.0, 5.0):
         s = train_retrying(Config(seconds=seconds, data=spec, quiet=True, device="cpu",
                                   out=str(folder / f"{seconds:g}"), filter_noisy="false"))
-        rates.append(s["passes"] / max(s["train_s"], 1e-6))
         costs.append(max(0.0, seconds - s["train_s"]))
-    return statistics.median(costs), max(1e-3, statistics.median(rates))
+        rates.append(s["passes"] / max(s["train_s"], 1e-6))
+    return costs, rates
 
 
-def budget_seconds(passes: float, overhead: float, rate: float) -> float:
-    return round(max(MIN_SECONDS, overhead + passes / rate), 2)
+def budget_seconds(passes: float, costs: list[float], rates: list[float]) -> float:
+    """``fixed cost + passes / rate`` from the medians of the last three measurements of each (the machine's load
+    moves both: a budget set once from the calibration realised 3 to 18 passes where 3 were meant), at least
+    ``MIN_SECONDS``."""
+    cost, rate = statistics.median(costs[-3:]), max(1e-3, statistics.median(rates[-3:]))
+    return round(max(MIN_SECONDS, cost + passes / rate), 2)
 
 
 Key = tuple[str, float, str]
 
 
 def run_all(specs: dict[str, str], passes: list[float], seeds: list[int], variants: list[str],
-            folder: Path) -> tuple[dict[Key, list[Result]], dict[tuple[str, float], float]]:
+            folder: Path) -> dict[Key, list[Result]]:
+    """Every variant for every (data set, budget, seed) block. Each block's budget comes from the last three ``full``
+    runs on its data set (the calibration's at first), so the realised passes follow the load."""
     results: dict[Key, list[Result]] = {}
-    budgets: dict[tuple[str, float], float] = {}
+    measured = {}
     for name, spec in specs.items():
-        overhead, rate = calibrate(spec, folder / "calibration" / name)
-        for p in passes:
-            budgets[(name, p)] = budget_seconds(p, overhead, rate)
-        print(f"calibration {name}: {rate:.2f} passes/s, fixed cost {overhead:.2f} s", file=sys.stderr, flush=True)
+        measured[name] = calibrate(spec, folder / "calibration" / name)
+        print(f"calibration {name}: {statistics.median(measured[name][1]):.2f} passes/s, fixed cost "
+              f"{statistics.median(measured[name][0]):.2f} s", file=sys.stderr, flush=True)
     blocks = [(d, p, s) for d in specs for p in passes for s in seeds]
     started = time.perf_counter()
     for i, (dataset, p, seed) in enumerate(blocks):
+        costs, rates = measured[dataset]
+        budget = budget_seconds(p, costs, rates)
         order = list(variants)
         random.Random(f"{dataset}-{p}-{seed}").shuffle(order)
         for name in order:
             out = folder / "runs" / f"{dataset}-{p:g}-{seed}-{name.replace('/', '-')}"
-            result = run_one(specs[dataset], budgets[(dataset, p)], seed, VARIANTS[name], out)
+            result = run_one(specs[dataset], budget, seed, VARIANTS[name], out)
             results.setdefault((dataset, p, name), []).append(result)
-        print(f"[{i + 1}/{len(blocks)}] {dataset} {p:g} passes ({budgets[(dataset, p)]:g} s) seed {seed} "
+            if name == "full":
+                costs.append(max(0.0, budget - result.train_s))
+                rates.append(result.passes / max(result.train_s, 1e-6))
+        print(f"[{i + 1}/{len(blocks)}] {dataset} {p:g} passes ({budget:g} s) seed {seed} "
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    return results, budgets
+    return results
 
 
 # --- report ----------------------------------------------------------------------------------------------------------
@@ -228,10 +242,10 @@ def paired(results: dict[Key, list[Result]], key: Key, reference: str = "full") 
     return mean, half
 
 
-def table(results: dict[Key, list[Result]], dataset: str, passes: list[float], variants: list[str],
-          budgets: dict[tuple[str, float], float]) -> str:
+def table(results: dict[Key, list[Result]], dataset: str, passes: list[float], variants: list[str]) -> str:
     unit = "RMSE" if dataset == "regression" else "acc %"
-    head = f"{'variant':<16}" + "".join(f"{f'{p:g} passes ({budgets[(dataset, p)]:g} s)':>34}" for p in passes)
+    budget = {p: statistics.fmean(r.budget for r in results[(dataset, p, "full")]) for p in passes}
+    head = f"{'variant':<16}" + "".join(f"{f'{p:g} passes (~{budget[p]:.3g} s)':>34}" for p in passes)
     sub = f"{'':<16}" + "".join(f"{unit:>13}{'vs full (95% CI)':>17}{'pass':>4}" for _ in passes)
     lines = [head, sub]
     for name in variants:
@@ -316,12 +330,12 @@ def main() -> None:
         folder = Path(tmp)
         specs = write_sets(args.datasets, folder, args.data_seed)
         train_retrying(Config(seconds=30, quiet=True, device="cpu", out=str(folder / "warmup")))  # imports, allocations
-        results, budgets = run_all(specs, passes, seeds, variants, folder)
+        results = run_all(specs, passes, seeds, variants, folder)
     print(f"timebudget budget_accuracy: data seed {args.data_seed}, seeds {seeds}, passes {passes}, "
           f"torch threads {args.threads}, "
           f"command: {' '.join(sys.argv)}")
     for dataset in args.datasets:
-        print(f"\n== {dataset} ==\n{table(results, dataset, passes, variants, budgets)}")
+        print(f"\n== {dataset} ==\n{table(results, dataset, passes, variants)}")
     print("\n== goals ==")
     for candidate in args.candidates:
         lines = goals(results, args.datasets, passes, candidate)
@@ -329,8 +343,7 @@ def main() -> None:
         print(f"{candidate}: {sum(line.endswith(': met') for line in lines)} of {len(lines)} goals met\n")
     if args.json:
         raw = {f"{d}|{p:g}|{n}": [r.__dict__ for r in rs] for (d, p, n), rs in results.items()}
-        args.json.write_text(json.dumps({"budgets_s": {f"{d}|{p:g}": b for (d, p), b in budgets.items()},
-                                         "results": raw}, indent=1))
+        args.json.write_text(json.dumps({"results": raw}, indent=1))
 
 
 if __name__ == "__main__":
