@@ -24,6 +24,7 @@ from timebudget.strategies import STRATEGIES, EpochContext, EpochPlan, Strategy,
 from timebudget.strategies import importance
 from timebudget.strategies.base import MIN_FRACTION, RERANKS, budget_fraction
 from timebudget.strategies.selective import REFRESH_SHARE, STALE_EPOCHS
+from timebudget.strategies import selective_backprop
 from timebudget.trainer import train
 
 from conftest import run_timebudget
@@ -62,7 +63,8 @@ def check_mask(plan: EpochPlan, n: int) -> torch.Tensor:
 
 # --- hand-made score tables -----------------------------------------------------------------------------------------
 def test_registry_has_every_strategy() -> None:
-    assert set(STRATEGIES) == {"full", "random", "infobatch", "hard", "curriculum", "selective", "importance"}
+    assert set(STRATEGIES) == {"full", "random", "infobatch", "hard", "curriculum", "selective", "importance",
+                               "selective-backprop"}
     assert tuple(STRATEGIES) == config_module.STRATEGIES  # the names config validates against
     assert build(Config(seconds=1), "classification").plan(context(table(ranked_losses()))) == EpochPlan()
 
@@ -476,6 +478,100 @@ def check_summary(summary: dict, out: Path) -> None:
     epochs = [r for r in logged if r["event"] == "epoch"]
     assert [(r["epoch"], r["kept"]) for r in epochs] == [(s["epoch"], s["kept"]) for s in subsets]
     assert json.loads((out / "summary.json").read_text())["samples_skipped"] == summary["samples_skipped"]
+
+
+# --- Selective-Backprop ---------------------------------------------------------------------------------------------
+def test_selective_backprop_keeps_by_the_loss_percentile() -> None:
+    history = torch.arange(1, 11).float() / 10  # 0.1 ... 1.0
+    losses = torch.tensor([0.1, 0.5, 1.0, 0.55])
+    draws = torch.tensor([0.05, 0.6, 0.99, 0.45])
+    none = torch.zeros(4, dtype=torch.bool)
+    assert selective_backprop.percentile(history, losses).tolist() == pytest.approx([0.1, 0.5, 1.0, 0.5])
+    assert selective_backprop.keep_mask(history, losses, draws, none, beta=1).tolist() == [True, False, True, True]
+    # beta 2: probabilities 0.01, 0.25, 1, 0.25
+    assert selective_backprop.keep_mask(history, losses, draws, none, beta=2).tolist() == [False, False, True, False]
+
+
+def test_selective_backprop_keeps_unscored_and_non_finite_losses() -> None:
+    history = torch.arange(1, 11).float() / 10
+    losses = torch.tensor([0.1, 0.1, float("nan")])
+    draws = torch.ones(3)  # a draw of 1 keeps nothing by the rule
+    unscored = torch.tensor([True, False, False])
+    assert selective_backprop.keep_mask(history, losses, draws, unscored).tolist() == [True, False, True]
+
+
+class FakeRun:
+    """A step and a forward with fixed costs on a fake clock; a sample's input is ``(index, loss)`` and its loss the
+    second feature. The step records what it back-propagates, the forward what it scored."""
+
+    def __init__(self, step_s: float, forward_s: float) -> None:
+        self.t, self.step_s, self.forward_s = 0.0, step_s, forward_s
+        self.stepped: list[torch.Tensor] = []
+        self.forwarded: list[torch.Tensor] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        self.t += self.step_s
+        self.stepped.append(x[:, 0].long())
+        return x[:, 1].clone()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.t += self.forward_s
+        self.forwarded.append(x[:, 0].long())
+        return x[:, 1].clone()
+
+
+def run_backprop(run: FakeRun, scores: ScoreTable, calls: int, batch: int = 8) -> Strategy:
+    """``calls`` training steps of Selective-Backprop on random batches, then one batch of very high losses (all kept),
+    which pushes every sample still queued into a step."""
+    sb = strategy("selective-backprop", filter_noisy="false", batch_size=batch)
+    sb.now = run.now
+    assert sb.plan(context(scores, progress=0.5)).phase == "backprop"
+    own = sb.backprop(run.step, run.forward, batch)
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(batch, dtype=torch.long)
+    for _ in range(calls):
+        index = torch.randperm(scores.n, generator=g)[:batch]
+        losses = own(torch.stack([index.float(), scores.last[index]], 1), y, None, index)
+        assert losses.shape == (batch,)
+    index = torch.arange(scores.n - batch, scores.n)
+    own(torch.stack([index.float(), torch.full((batch,), 1e3)], 1), y, None, index)
+    return sb
+
+
+def test_selective_backprop_backpropagates_every_unscored_sample_and_full_batches() -> None:
+    n, calls = 400, 200
+    scores = table(torch.rand(n, generator=torch.Generator().manual_seed(3)))
+    scores.count[:40] = 0  # never measured
+    run = FakeRun(step_s=1.0, forward_s=0.1)
+    sb = run_backprop(run, scores, calls)
+    assert not sb.off and sb.summary()["speedup"] > selective_backprop.MIN_SPEEDUP
+    assert all(len(b) == 8 for b in run.stepped)  # every optimizer step has the run's batch size
+    probe = selective_backprop.PROBE  # the timed ordinary steps come first
+    selected = torch.cat(run.stepped[probe:])
+    forwarded = torch.cat(run.forwarded[:-1])
+    assert len(forwarded) == (calls - probe) * 8
+    assert len(selected) < 0.75 * len(forwarded)  # low losses were skipped ...
+    unscored = set(forwarded.tolist()) & set(range(40))
+    assert unscored and unscored <= set(selected.tolist())  # ... never an unscored one
+    scored_kept = selected[(selected >= 40) & (selected < n - 8)]
+    assert float(scores.last[scored_kept].mean()) > float(scores.last[forwarded[forwarded >= 40]].mean()) + 0.1
+
+
+def test_selective_backprop_falls_back_to_uniform_when_a_candidate_costs_as_much_as_a_step() -> None:
+    scores = table(torch.rand(200, generator=torch.Generator().manual_seed(3)))
+    run = FakeRun(step_s=1.0, forward_s=1.0)  # the forward costs a whole step: skipping backward saves nothing
+    calls, probe = 100, selective_backprop.PROBE
+    sb = run_backprop(run, scores, calls)
+    assert sb.off and sb.summary()["switched_off"] and sb.summary()["speedup"] < 1
+    assert len(run.forwarded) == probe  # only the timed selective steps forwarded separately ...
+    assert len(run.stepped) >= calls + 1 - probe  # ... every later call was one ordinary step on its whole batch
+    assert run.stepped[-1].tolist() == list(range(192, 200))
+    assert sb.plan(context(scores, progress=0.5)).phase == "uniform"
+    assert sb.plan(context(scores, progress=0.05)).phase == "warmup"
+    assert sb.plan(context(scores, progress=0.95)).phase == "anneal"
 
 
 @pytest.mark.parametrize("name,fields", [(name, {}) for name in STRATEGIES] + [("selective", {"filter_noisy": True})])

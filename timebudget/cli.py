@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--strategy",
                    help="sample selection: full (default), random, infobatch, hard, curriculum, selective, "
-                   "importance")
+                   "importance, selective-backprop")
     t.add_argument("--schedule",
                    help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default from the data size)")

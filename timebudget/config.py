@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_PATHS = ("auto", "resident", "loader")
 LOSSES = ("auto", "cross_entropy", "mse", "l1")
 # the names of timebudget.strategies.STRATEGIES (which imports this module, so the list lives here; a test checks it)
-STRATEGIES = ("full", "random", "infobatch", "hard", "curriculum", "selective", "importance")
+STRATEGIES = ("full", "random", "infobatch", "hard", "curriculum", "selective", "importance", "selective-backprop")
 NOISE_FILTER = ("auto", "true", "false")
 
 

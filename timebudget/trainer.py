@@ -338,6 +338,12 @@ class _Run:
         self.scaler.update()
         return losses.detach()
 
+    @torch.no_grad()
+    def forward_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A batch's per-sample losses from a forward pass without gradient (Selective-Backprop's candidates)."""
+        with self.autocast():
+            return self.loss_fn(self.train_module(x), y).float()
+
     def status(self) -> progress.Status:
         """What the live view shows, read at its refreshes only."""
         kept = self.kept_log[-1]["kept_fraction"] if self.kept_log else None
@@ -493,6 +499,9 @@ class _Run:
         next_resumable = clock.elapsed() if resumable_every else math.inf  # the first at once: a kill finds one
         self.guard.start(clock.elapsed())
         stop = self.world.agree(clock.should_stop(), self.preemption.signal).stop
+        # a strategy that chooses within the batch (Selective-Backprop) steps itself; under torchrun none does
+        own_step = self.strategy.backprop(self.step, self.forward_losses, self.rank_batch) if self.world.size == 1 \
+            else None
         while not stop:
             # per step; joined per log record and per epoch, not copied per step (a resumed epoch starts with its
             # trained part's losses as one entry)
@@ -501,7 +510,8 @@ class _Run:
             for x, y, idx in self.train_batches.iterate(chunks):
                 p = self.world.progress(clock.progress())  # under torchrun: rank 0's, so every replica steps alike
                 lr = self.schedule.apply(p)
-                losses = self.step(x, y, weights[idx.to(device, non_blocking=True)] if weights is not None else None)
+                w = weights[idx.to(device, non_blocking=True)] if weights is not None else None
+                losses = own_step(x, y, w, idx) if own_step is not None else self.step(x, y, w)
                 self.guard.observe(losses)
                 epoch_losses.append(losses)
                 done += len(idx)
@@ -746,6 +756,7 @@ class _Run:
             "train_s": clock.train_s,
             "samples_per_s": self.samples / clock.train_s if clock.train_s > 0 else 0.0,
             "strategy": config.strategy,
+            "strategy_stats": self.strategy.summary(),
             "device": str(self.device),
             "data": self.bundle.name,
             "data_path": self.train_batches.path,

@@ -1,8 +1,9 @@
 """Selection strategies: each decides, per epoch, which samples to train and with what weights.
 
-``full`` (uniform), ``random`` (RS2), ``infobatch``, ``hard``, ``curriculum``, ``selective`` (the project's own) and
-``importance`` (gradient-norm importance sampling); ``config.filter_noisy`` wraps any of them in the noisy-label
-filter (``auto``: it decides from the run's own losses whether labels look noisy).
+``full`` (uniform), ``random`` (RS2), ``infobatch``, ``hard``, ``curriculum``, ``selective`` (the project's own),
+``importance`` (gradient-norm importance sampling) and ``selective-backprop`` (back-propagate the high-loss samples of
+each batch); ``config.filter_noisy`` wraps any of them in the noisy-label filter (``auto``: it decides from the run's
+own losses whether labels look noisy).
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from .infobatch import InfoBatch
 from .noisy import NoisyFilter
 from .random import Random
 from .selective import Selective
+from .selective_backprop import SelectiveBackprop
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Full, Random, InfoBatch, Hard, Curriculum, Selective, Importance)
+    cls.name: cls for cls in (Full, Random, InfoBatch, Hard, Curriculum, Selective, Importance, SelectiveBackprop)
 }
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -70,6 +70,16 @@ class Strategy:
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
         raise NotImplementedError
+
+    def backprop(self, step: Callable[..., torch.Tensor], forward: Callable[..., torch.Tensor],
+                 batch_size: int) -> Callable[..., torch.Tensor] | None:
+        """A step of the strategy's own, ``(x, y, weights, index) -> per-sample losses``, built from the run's ``step``
+        and its gradient-free ``forward``; ``None`` (all but Selective-Backprop): the loop calls ``step`` itself."""
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """What the strategy counted over the run, for ``summary.json``'s ``strategy_stats``."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to plan as this one would (tensors, numbers, lists): nothing for a strategy that

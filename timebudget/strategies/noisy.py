@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -161,6 +161,13 @@ class NoisyFilter(Strategy):
         back_to_back = len(self.fits) < PERSIST  # the first exclusions as early as the persistence rule allows
         spacing = max(MIN_GAP, cost / (COST_SHARE * self.config.seconds))
         self.next_fit = ctx.progress + (0.0 if back_to_back else spacing)
+
+    def backprop(self, step: Callable[..., torch.Tensor], forward: Callable[..., torch.Tensor],
+                 batch_size: int) -> Callable[..., torch.Tensor] | None:
+        return self.inner.backprop(step, forward, batch_size)
+
+    def summary(self) -> dict[str, Any]:
+        return self.inner.summary()
 
     def state_dict(self) -> dict[str, Any]:
         tensors = (("streak", self.streak), ("excluded", self.excluded), ("contradicted", self.contradicted))
