@@ -75,6 +75,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "importance": {"strategy": "importance", "filter_noisy": "false"},
     "default": {},
     "importance+auto": {"strategy": "importance", "filter_noisy": "auto"},
+    "infobatch+auto": {"strategy": "infobatch", "filter_noisy": "auto"},
     "backprop+auto": {"strategy": "selective-backprop", "filter_noisy": "auto"},
     "selective": {"strategy": "selective", "filter_noisy": "false"},
     "full+filter": {"strategy": "full", "filter_noisy": "true"},
