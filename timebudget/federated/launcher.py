@@ -368,11 +368,13 @@ def deploy(run: RunSettings, nodes: list[NodeSettings], client_processes: str = 
                 deployment.start(f"executor_{node.partition_id}", [
                     sys.executable, "-m", "timebudget.federated.executor", "--runtime-api-address",
                     f"127.0.0.1:{port}"])
-        for node in nodes if client_processes == "warm" else []:  # imported before the first round is sent
-            name = f"executor_{node.partition_id}"
-            log = deployment.logs / f"{name}.log"
-            deployment.wait_until(name, dict(deployment.procs)[name],
-                                  lambda: executor.READY in log.read_text(errors="replace"), "ready (its imports done)")
+        if client_processes == "warm":  # every executor has done its imports before the first round is sent
+            for node in nodes:
+                name = f"executor_{node.partition_id}"
+                log = deployment.logs / f"{name}.log"
+                deployment.wait_until(name, dict(deployment.procs)[name],
+                                      lambda: executor.READY in log.read_text(errors="replace"),
+                                      "ready (its imports done)")
         flwr = deployment.start("serverapp", [tools["flwr"], "run", str(app), "loopback", "--stream"])
         limit = READY_TIMEOUT_S + run.rounds * (run.round_seconds + 30.0)
         try:

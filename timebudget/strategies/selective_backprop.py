@@ -128,20 +128,19 @@ class SelectiveBackprop(Strategy):
                 self.backprop_samples += batch_size
             return losses
 
+        def ordinary(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+            losses = step(x, y, weights)
+            self.remember(losses)
+            self.backprop_steps += 1
+            self.backprop_samples += len(x)
+            return losses
+
         def run(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
             if not self.active or self.off:
-                losses = step(x, y, weights)
-                self.remember(losses)
-                self.backprop_steps += 1
-                self.backprop_samples += len(x)
-                return losses
+                return ordinary(x, y, weights)
             plain, chosen = self.probe["plain"], self.probe["selective"]
             if plain[1] < PROBE * batch_size:
-                losses = timed("plain", lambda: step(x, y, weights), len(x))
-                self.remember(losses)
-                self.backprop_steps += 1
-                self.backprop_samples += len(x)
-                return losses
+                return timed("plain", lambda: ordinary(x, y, weights), len(x))
             if chosen[1] < PROBE * batch_size:
                 losses = timed("selective", lambda: selective(x, y, weights, index), len(x))
                 if chosen[1] >= PROBE * batch_size:
