@@ -125,7 +125,7 @@ def check_summary(run_dir: Path, budget: float) -> dict[str, Any]:
     giving up half of it; returns the summary."""
     summary = json.loads((run_dir / "summary.json").read_text())
     assert SUMMARY_KEYS <= summary.keys()
-    assert (summary["budget_s"], summary["strategy"]) == (budget, "full")
+    assert (summary["budget_s"], summary["strategy"]) == (budget, "infobatch")
     assert summary["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert summary["samples_per_s"] == pytest.approx(summary["samples_trained"] / summary["train_s"])
     assert summary["steps"] >= summary["epochs"] >= 1

@@ -66,7 +66,10 @@ def test_registry_has_every_strategy() -> None:
     assert set(STRATEGIES) == {"full", "random", "infobatch", "hard", "curriculum", "selective", "importance",
                                "selective-backprop"}
     assert tuple(STRATEGIES) == config_module.STRATEGIES  # the names config validates against
-    assert build(Config(seconds=1), "classification").plan(context(table(ranked_losses()))) == EpochPlan()
+    default = build(Config(seconds=1), "classification")  # the default: infobatch under the automatic noise filter
+    assert (default.name, default.auto, default.inner.name) == ("infobatch+filter_noisy", True, "infobatch")
+    assert build(Config(seconds=1, strategy="full"), "classification").plan(context(table(ranked_losses()))) \
+        == EpochPlan()
 
 
 def test_hard_keeps_the_highest_scores() -> None:
@@ -230,7 +233,8 @@ def test_gmm_filter_finds_planted_mislabelled_samples() -> None:
     scores = ScoreTable(n)
     for step in range(noisy.WARM_PASSES):
         scores.record(torch.arange(n), losses, step)
-    filtered = build(Config(seconds=1e6, filter_noisy=True), "classification")  # fits spaced by MIN_GAP, not cost
+    # fits spaced by MIN_GAP, not cost
+    filtered = build(Config(seconds=1e6, strategy="full", filter_noisy=True), "classification")
     first = filtered.plan(context(scores, progress=0.3))
     assert first.mask is None  # one fit is not persistent enough
     kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
@@ -248,7 +252,7 @@ def test_filter_never_leaves_out_an_unscored_sample() -> None:
     scores = ScoreTable(n)
     for step in range(noisy.WARM_PASSES + 1):
         scores.record(scored.nonzero().flatten(), losses[scored], step)
-    filtered = build(Config(seconds=1e6, filter_noisy=True), "classification", 10)
+    filtered = build(Config(seconds=1e6, strategy="full", filter_noisy=True), "classification", 10)
     filtered.plan(context(scores, progress=0.3))
     kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
     assert set(unscored.tolist()) <= kept and len(set(planted[20:].tolist()) - kept) >= 0.95 * 180
@@ -281,7 +285,8 @@ def blobs_training(rate: float, seed: int = 0, n: int = 2000, classes: int = 10,
     model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scores = ScoreTable(n)
-    auto = build(Config(seconds=1e6), "classification", classes)  # long budget: fits spaced by MIN_GAP, not cost
+    # long budget: fits spaced by MIN_GAP, not cost
+    auto = build(Config(seconds=1e6, strategy="full"), "classification", classes)
     assert isinstance(auto, noisy.NoisyFilter) and auto.auto
     for epoch in range(epochs):
         auto.plan(context(scores, progress=epoch / epochs, epoch=epoch, seed=epoch))
@@ -326,7 +331,8 @@ def test_auto_filter_leaves_nothing_out_until_it_decides() -> None:
     losses, planted = planted_losses(n)
     scores = ScoreTable(n)
     step = passes(scores, losses, 0, noisy.WARM_PASSES)
-    auto = build(Config(seconds=1e6), "classification", 10)  # long budget: fits spaced by MIN_GAP, not cost
+    # long budget: fits spaced by MIN_GAP, not cost
+    auto = build(Config(seconds=1e6, strategy="full"), "classification", 10)
     for plan_no in range(1, noisy.CONTRADICTED_PLANS):  # contradicted at 1, 2 plans in a row: not yet
         assert auto.plan(context(scores, progress=0.1 * plan_no)).mask is None and not auto.noisy
         step = passes(scores, losses, step, 1)
@@ -346,7 +352,7 @@ def test_auto_filter_stays_off_when_high_losses_pass() -> None:
     learnt[planted] = 0.5
     scores = ScoreTable(n)
     step = passes(scores, losses, 0, noisy.WARM_PASSES)
-    auto = build(Config(seconds=1e6), "classification", 10)
+    auto = build(Config(seconds=1e6, strategy="full"), "classification", 10)
     for plan_no in range(1, 12):
         plan = auto.plan(context(scores, progress=0.05 * plan_no))
         assert plan.mask is None
@@ -361,7 +367,7 @@ def test_auto_filter_counts_only_remeasured_samples() -> None:
     losses, _ = planted_losses(n)
     scores = ScoreTable(n)
     passes(scores, losses, 0, noisy.WARM_PASSES)
-    auto = build(Config(seconds=1e6), "classification", 10)
+    auto = build(Config(seconds=1e6, strategy="full"), "classification", 10)
     for plan_no in range(1, 6):  # the same, stale scores at every plan
         assert auto.plan(context(scores, progress=0.1 * plan_no)).mask is None
     assert not auto.noisy and auto.contradicted is not None and int(auto.contradicted.max()) == 1
@@ -371,10 +377,10 @@ def test_auto_filter_measures_the_chance_loss_without_the_class_count() -> None:
     scores = ScoreTable(4)
     scores.record(torch.tensor([2, 3]), torch.tensor([2.0, 2.2]), 0)  # the first batch: the untrained model
     scores.record(torch.tensor([0, 1]), torch.tensor([0.5, 0.7]), 1)
-    auto = build(Config(seconds=1e6), "classification")
+    auto = build(Config(seconds=1e6, strategy="full"), "classification")
     auto.plan(context(scores, progress=0.1))
     assert auto.chance == pytest.approx(2.1)
-    assert build(Config(seconds=1e6), "classification", 100).chance == pytest.approx(math.log(100))
+    assert build(Config(seconds=1e6, strategy="full"), "classification", 100).chance == pytest.approx(math.log(100))
 
 
 def test_auto_filter_is_off_for_regression_and_forced_filter_refuses_it() -> None:

@@ -50,7 +50,7 @@ class Config:
     warmup: float | None = None  # None: 5% of the training window, at least 20 steps, at most 15% (schedules)
     lr_range_test: bool = True  # guard the default lr with a range test when it fits in 5% of the window (lr_finder)
     step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    strategy: str = "full"
+    strategy: str = "infobatch"
     keep_fraction: float | None = None
     select_warmup: float = 0.1
     anneal: float = 0.125
