@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--strategy",
-                   help="sample selection: full (default), random, infobatch, hard, curriculum, selective, "
+                   help="sample selection: infobatch (default), full, random, hard, curriculum, selective, "
                    "importance, selective-backprop")
     t.add_argument("--schedule",
                    help="learning-rate schedule by budget fraction: linear (default), cosine, step, constant")
