@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODES, DECAYS, PROCESSES = ("timebudget", "epochs"), ("round", "federation"), ("warm", "fresh")
 # launcher flags a variant may set with KEY=VALUE
-FLAGS = {"passes": "--max-local-passes", "rounds": "--rounds"}
+FLAGS = {"passes": "--max-local-passes", "rounds": "--rounds", "poll": "--supernode-poll"}
 
 
 def parse_variants(text: str) -> list[dict[str, str]]:
@@ -139,11 +139,11 @@ def main() -> None:
     print(f"{args.clients} clients (speeds {args.speeds}), {args.rounds} rounds, data {args.data}, partition "
           f"{args.partition}, seeds {args.seeds}; {os.cpu_count()} CPUs, 1-minute load average {loads[0]:.1f} at the "
           f"start, {statistics.median(loads):.1f} median and {max(loads):.1f} highest after each run\n")
-    print("| cap s | client (lr decay, ClientApp processes, remedy) | replies in time | errors | "
+    print("| cap s | client (lr decay, ClientApp processes, remedy) | trained, in time | refused in time | late | "
           "passes/round (per client) | idle s (per client) | to first line s: median (range): delivery + start-up | "
           "trip s | median accuracy after each round (s since start) | acc. at the same second | "
           "final acc.: median (per seed) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cap in caps:
         same_second = [min(results[(cap, label(v))][i]["rounds"][-1]["elapsed_s"] for v in variants)
                        for i in range(len(seeds))]
@@ -152,7 +152,8 @@ def main() -> None:
             runs = results[(cap, name)]
             replies = [r for s in runs for r in s["replies"]]
             ok = sum(r["in_time"] and "error" not in r for r in replies)
-            errors = sum("error" in r for r in replies)
+            refused = sum(r["in_time"] and "error" in r for r in replies)
+            late = len(replies) - ok - refused
             clients = runs[0]["clients"]
             passes = " / ".join(f"{statistics.median(s['clients'][c].get('passes_per_round', 0) for s in runs):.1f}"
                                 for c in range(len(clients)))
@@ -171,7 +172,7 @@ def main() -> None:
                      f"{statistics.median(r['startup_s'] for r in timed):.1f}" if timed else "-")
             trip = f"{max(trips):.2f}" if trips else "-"
             finals = [s["final_test_metrics"]["accuracy"] for s in runs]
-            print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {errors} | "
+            print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {refused} | {late} | "
                   f"{passes} | {idle} | {start} | {trip} | {curve} | "
                   f"{at_same:.3f} at {statistics.median(same_second):.0f} s | "
                   f"{statistics.median(finals):.3f} ({', '.join(f'{a:.3f}' for a in finals)}) |")

@@ -233,6 +233,7 @@ def test_the_server_sends_the_rounds_deadline_and_measures_each_replys_trip(tmp_
     (["--clients", "2", "--client-caps", "5,x"], "not a positive number"),
     (["--partition", "shards:3"], "unknown partition scheme"),
     (["--round-seconds", "0"], "round-seconds"),
+    (["--supernode-poll", "-1"], "--supernode-poll must be a number of seconds >= 0"),
 ])
 def test_bad_launcher_input_is_one_line(cli_main, tmp_path: Path, argv: list[str], needle: str) -> None:
     result = cli_main("federated", "--out", str(tmp_path / "fed"), *argv)
@@ -310,17 +311,20 @@ def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path)
     assert "in time" in stdout and "nothing left to train" in stdout
     assert summary["client_processes"] == "warm"  # the default: each ClientApp process forked by the warm executor
     assert "timebudget client 0 round 2" in (out / "logs" / "executor_0.log").read_text()
+    assert summary["supernode_poll_s"] == 0.2  # each SuperNode through timebudget's entry point, its waits shortened
+    assert "looks for messages and replies every 0.2 s" in (out / "logs" / "supernode_0.log").read_text()
     assert flower_processes(out) == []
 
 
-@pytest.mark.parametrize("sig, processes", [(signal.SIGINT, "warm"), (signal.SIGKILL, "warm"),
-                                            (signal.SIGINT, "fresh")])
-def test_ctrl_c_or_a_killed_launcher_leaves_no_process(tmp_path: Path, sig: int, processes: str) -> None:
+@pytest.mark.parametrize("sig, processes, poll", [(signal.SIGINT, "warm", "0.2"), (signal.SIGKILL, "warm", "0.2"),
+                                                  (signal.SIGINT, "fresh", "0")])
+def test_ctrl_c_or_a_killed_launcher_leaves_no_process(tmp_path: Path, sig: int, processes: str, poll: str) -> None:
     """SIGINT, as Ctrl-C sends it to the launcher alone (SIGTERM takes the same path): the launcher stops everything
     and says so. SIGKILL: the launcher cannot act, and its processes (the warm executors' forked ClientApps too) end
-    because their parent died."""
+    because their parent died. ``fresh`` with poll 0 is Flower's own SuperNode and SuperExec, unpatched."""
     out = tmp_path / "fed"
-    proc = federated(out, "--clients", "2", "--rounds", "5", "--round-seconds", "30", "--client-processes", processes)
+    proc = federated(out, "--clients", "2", "--rounds", "5", "--round-seconds", "30", "--client-processes", processes,
+                     "--supernode-poll", poll)
     deadline = time.monotonic() + 120
     while not (out / "logs" / "serverapp.log").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -109,6 +109,12 @@ def serve(address: str, poll_s: float = POLL_S) -> None:
     import torch
 
     from . import client, local  # noqa: F401 - the point of this process: flwr, torch and timebudget imported once
+    from .supernode import LOG_PREFIX, shorten_pull_backoff
+
+    # a child forked at once asks for the round's arrays before its SuperNode has pulled them all from the SuperLink,
+    # and flwr's back-off would then wait 1 s, then 2 s; every child inherits the shorter one
+    if (why := shorten_pull_backoff()) is not None:
+        print(f"{LOG_PREFIX} Flower's own object-pull back-off: {why}", flush=True)
 
     # torch imports its compiler stack (torch._dynamo, sympy: 1 to 2 s here) when the first optimizer is built; no
     # tensor operation runs, so no thread starts before the forks

@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from typing import Any
 
 from .. import artifacts
 from ..errors import TimebudgetError
-from . import executor
+from . import executor, supernode
 from .partition import positive_number
 from .settings import REPLY_RESERVE_S, NodeSettings, RunSettings
 
@@ -89,13 +90,19 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--max-local-passes", dest="max_local_passes", type=float, default=0.0, metavar="N",
                    help="timebudget mode: at most N passes over the client's data per round, so it answers early "
                    "instead of drifting toward its own labels (default 0: train until the deadline)")
-    f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=REPLY_RESERVE_S, metavar="SECONDS",
+    f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=None, metavar="SECONDS",
                    help="seconds each client keeps for its reply's trip to the server in the first round, before the "
-                   f"server has measured that trip (default {REPLY_RESERVE_S:g})")
+                   f"server has measured that trip (default {supernode.FIRST_REPLY_RESERVE_S:g} with the launcher's "
+                   f"short SuperNode poll, {REPLY_RESERVE_S:g} with Flower's own waits)")
     f.add_argument("--client-processes", dest="client_processes", default="warm", choices=CLIENT_PROCESSES,
                    help="warm (default): each SuperNode in --isolation process with timebudget's executor, which forks "
                    "every ClientApp process from one that imported flwr, torch and timebudget once; fresh: Flower's "
                    "own, a new flwr-clientapp process (interpreter and imports) per message")
+    f.add_argument("--supernode-poll", dest="supernode_poll", type=float, default=supernode.POLL_S, metavar="SECONDS",
+                   help="seconds between a SuperNode's looks for a round's message and for its ClientApp's reply "
+                   f"(default {supernode.POLL_S:g}; flwr 1.42 hard-codes 3 s and 0.5 s, which the launcher shortens "
+                   "through timebudget.federated.supernode, a loopback-only cost of one request per poll); 0: "
+                   "Flower's own flower-supernode and waits, as a SuperNode someone else runs")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config field of every client's run, repeatable (e.g. --set batch_size=32)")
@@ -128,12 +135,20 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, list[Node
                       data=args.data, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
                       model=args.model, strategy=args.strategy, partition=args.partition, seed=args.seed,
                       mode=args.mode, local_epochs=args.local_epochs, lr_decay=args.lr_decay,
-                      reply_reserve=args.reply_reserve, max_local_passes=args.max_local_passes,
+                      reply_reserve=first_reply_reserve(args.reply_reserve, args.supernode_poll),
+                      max_local_passes=args.max_local_passes,
                       overrides=" ".join(args.set)).validate()
     speeds = per_client(args.client_speed, run.clients, "client-speed", allow_empty=False)
     caps = per_client(args.client_caps, run.clients, "client-caps", allow_empty=True)
     nodes = [NodeSettings(i, run.clients, speeds[i] or 1.0, caps[i]) for i in range(run.clients)]
     return run, nodes
+
+
+def first_reply_reserve(given: float | None, poll_s: float) -> float:
+    """The first round's reply reserve: ``given``, else the one for the SuperNodes' waits (``poll_s`` 0: Flower's)."""
+    if given is not None:
+        return given
+    return supernode.FIRST_REPLY_RESERVE_S if poll_s > 0 else REPLY_RESERVE_S
 
 
 def free_ports(count: int) -> list[int]:
@@ -315,10 +330,14 @@ def _zombie(pid: int) -> bool:
     return not fields or fields[0] == "Z"
 
 
-def deploy(run: RunSettings, nodes: list[NodeSettings], client_processes: str = "warm") -> float:
+def deploy(run: RunSettings, nodes: list[NodeSettings], client_processes: str = "warm",
+           poll_s: float = supernode.POLL_S) -> float:
     """Run the federation to its end; returns its wall seconds. Raises TimebudgetError when it cannot run.
     ``client_processes``: ``warm`` (each SuperNode's ClientApp processes forked by :mod:`.executor` from one that has
-    done the imports) or ``fresh`` (Flower's SuperExec, one new ``flwr-clientapp`` per message)."""
+    done the imports) or ``fresh`` (Flower's SuperExec, one new ``flwr-clientapp`` per message). ``poll_s``: the
+    SuperNodes' wait between looks for messages (:mod:`.supernode`); 0 runs Flower's ``flower-supernode`` as it is."""
+    if not (poll_s >= 0 and math.isfinite(poll_s)):
+        raise TimebudgetError(f"--supernode-poll must be a number of seconds >= 0 (0: Flower's own), got {poll_s!r}")
     if importlib.util.find_spec("flwr") is None:
         raise TimebudgetError(INSTALL_HINT)
     if client_processes == "warm" and (why := executor.supported()) is not None:
@@ -355,10 +374,12 @@ def deploy(run: RunSettings, nodes: list[NodeSettings], client_processes: str = 
             "--port", str(link_port), "--disable-runtime-dependency-installation"])
         deployment.wait_listening("superlink", link, [link_port])
         isolation = "process" if client_processes == "warm" else "subprocess"
+        start_node = ([sys.executable, "-m", "timebudget.federated.supernode", "--poll-seconds", str(poll_s)]
+                      if poll_s > 0 else [tools["flower-supernode"]])
         for node, port in zip(nodes, node_ports):
             ensure_free(port)
             deployment.start(f"supernode_{node.partition_id}", [
-                tools["flower-supernode"], "--insecure", "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
+                *start_node, "--insecure", "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
                 "--port", str(port), "--node-config", node.to_node_config(), "--max-retries", "0",
                 "--isolation", isolation])
         for node, port in zip(nodes, node_ports):
@@ -395,7 +416,8 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float, client_processes: str) -> dict[str, Any]:
+def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float, client_processes: str,
+              poll_s: float | None = None) -> dict[str, Any]:
     """summary.json: per client the share of replies in time, samples and seconds per round, and the seconds it
     idled (the round lasted until the server's last in-time reply or its timeout; a client idles after its reply)."""
     records = [json.loads(l) for l in (Path(run.out) / "rounds.jsonl").read_text().splitlines() if l.strip()]
@@ -424,7 +446,8 @@ def summarise(run: RunSettings, nodes: list[NodeSettings], wall_s: float, client
             "trip_s": max((x["trip_s"] for x in mine if "trip_s" in x), default=None),
         })
     final = rounds.get(run.rounds, {})
-    summary = {"settings": run.to_run_config(), "client_processes": client_processes, "wall_s": round(wall_s, 2),
+    summary = {"settings": run.to_run_config(), "client_processes": client_processes, "supernode_poll_s": poll_s,
+               "wall_s": round(wall_s, 2),
                "clients": clients,
                "unattributed_replies": sum(1 for x in replies if x["client"] is None),
                "rounds": [{"round": r, "test_metrics": rec["test_metrics"], "elapsed_s": rec["elapsed_s"]}
@@ -463,8 +486,8 @@ def main(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("flwr") is None:
         raise TimebudgetError(INSTALL_HINT)
     run, nodes = settings_from_args(args)
-    wall_s = deploy(run, nodes, args.client_processes)
-    summary = summarise(run, nodes, wall_s, args.client_processes)
+    wall_s = deploy(run, nodes, args.client_processes, args.supernode_poll)
+    summary = summarise(run, nodes, wall_s, args.client_processes, args.supernode_poll)
     if not args.quiet:
         print(table(summary))
     return 0

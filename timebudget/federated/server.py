@@ -24,6 +24,7 @@ from ..batches import Batches
 from ..trainer import evaluate, resolve_defaults
 from .local import train_config
 from .settings import DEADLINE_KEY, REPLY_PATH_KEY, RunSettings, error_client
+from .supernode import shorten_pull_backoff
 
 POLL_S = 0.1
 
@@ -171,6 +172,9 @@ class TimedGrid(Grid):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
+    # a reply's arrays pulled before its SuperNode has pushed them all would wait flwr's 1 s back-off, inside the round
+    if (why := shorten_pull_backoff()) is not None:
+        print(f"the server's object-pull back-off is Flower's own: {why}", flush=True)
     run = RunSettings.from_run_config(context.run_config)
     out = Path(run.out)
     log = RoundLog(out / "rounds.jsonl")
