@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODES, DECAYS, PROCESSES = ("timebudget", "epochs"), ("round", "federation"), ("warm", "fresh")
 # launcher flags a variant may set with KEY=VALUE
-FLAGS = {"passes": "--max-local-passes", "rounds": "--rounds", "poll": "--supernode-poll"}
+FLAGS = {"passes": "--max-local-passes", "rounds": "--rounds", "poll": "--supernode-poll", "weighting": "--weighting"}
 
 
 def parse_variants(text: str) -> list[dict[str, str]]:

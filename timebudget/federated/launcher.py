@@ -29,7 +29,7 @@ from .. import artifacts
 from ..errors import TimebudgetError
 from . import executor, supernode
 from .partition import positive_number
-from .settings import REPLY_RESERVE_S, NodeSettings, RunSettings
+from .settings import REPLY_RESERVE_S, WEIGHTINGS, NodeSettings, RunSettings
 
 CLIENT_PROCESSES = ("warm", "fresh")
 INSTALL_HINT = "timebudget federated needs Flower: pip install 'timebudget[federated]' (flwr>=1.21,<1.43)"
@@ -90,6 +90,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--max-local-passes", dest="max_local_passes", type=float, default=0.0, metavar="N",
                    help="timebudget mode: at most N passes over the client's data per round, so it answers early "
                    "instead of drifting toward its own labels (default 0: train until the deadline)")
+    f.add_argument("--weighting", default="work", choices=WEIGHTINGS,
+                   help="FedAvg's weight of each reply (num-examples): work (default), the samples it trained this "
+                   "round; data, the size of the client's shard, as in FedAvg's paper and Flower's quickstart")
     f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=None, metavar="SECONDS",
                    help="seconds each client keeps for its reply's trip to the server in the first round, before the "
                    f"server has measured that trip (default {supernode.FIRST_REPLY_RESERVE_S:g} with the launcher's "
@@ -136,7 +139,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, list[Node
                       model=args.model, strategy=args.strategy, partition=args.partition, seed=args.seed,
                       mode=args.mode, local_epochs=args.local_epochs, lr_decay=args.lr_decay,
                       reply_reserve=first_reply_reserve(args.reply_reserve, args.supernode_poll),
-                      max_local_passes=args.max_local_passes,
+                      max_local_passes=args.max_local_passes, weighting=args.weighting,
                       overrides=" ".join(args.set)).validate()
     speeds = per_client(args.client_speed, run.clients, "client-speed", allow_empty=False)
     caps = per_client(args.client_caps, run.clients, "client-caps", allow_empty=True)

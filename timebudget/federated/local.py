@@ -165,7 +165,8 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
         {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
         {"samples": float(s["samples_trained"]), "train-seconds": float(s["elapsed_s"]),
          "loss": last_loss(result.out_dir), "partition-id": float(node.partition_id),
-         "num-examples": float(s["samples_trained"]), "passes": float(s["passes"])},
+         "num-examples": float(s["samples_trained"] if run.weighting == "work" else s["n_train"]),
+         "passes": float(s["passes"])},
     )
 
 

@@ -20,6 +20,9 @@ from .partition import parse_scheme
 
 MODES = ("timebudget", "epochs")
 LR_DECAYS = ("round", "federation")
+# what a reply's ``num-examples`` (FedAvg's weight) counts: ``work``, the samples it trained this round (a fast client
+# that made 20 passes weighs 20 times its data); ``data``, its shard's size, as Flower's quickstart and FedAvg's paper
+WEIGHTINGS = ("work", "data")
 # The round's end on the server's wall clock: its ``time.time()`` when it sends the round plus the cap (the instant its
 # timeout counts from), in every training message's config next to the cap (``round-seconds``). The client trains
 # until this deadline less its reply reserve, so Flower's delivery, the SuperNode's 3 s poll for messages, the
@@ -70,6 +73,7 @@ class RunSettings:
     # on a small label-skewed shard pull a client's weights toward its own labels, and FedAvg's mean of such clients
     # loses accuracy (client drift)
     max_local_passes: float = 0.0
+    weighting: str = "work"  # see WEIGHTINGS
     overrides: str = ""  # extra ``key=value`` config fields for every client's run, separated by spaces
 
     def validate(self) -> "RunSettings":
@@ -83,6 +87,8 @@ class RunSettings:
             raise TimebudgetError(f"unknown mode {self.mode!r}; allowed: {', '.join(MODES)}")
         if self.lr_decay not in LR_DECAYS:
             raise TimebudgetError(f"unknown lr decay {self.lr_decay!r}; allowed: {', '.join(LR_DECAYS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise TimebudgetError(f"unknown weighting {self.weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
         if self.local_epochs < 1:
             raise TimebudgetError(f"--local-epochs must be >= 1, got {self.local_epochs}")
         if not (self.reply_reserve >= 0 and math.isfinite(self.reply_reserve)):
