@@ -120,6 +120,13 @@ def test_a_pass_cap_answers_early_with_the_samples_it_trained(tmp_path: Path) ->
     assert metrics["client-seconds"] < first.content["metrics"]["client-seconds"] / 2
 
 
+def test_data_weighting_reports_the_shard_size_as_fedavgs_weight(tmp_path: Path) -> None:
+    reply = call_train(train_message(8.0), make_context(tmp_path, run_fields={"weighting": "data"}), TickingClock())
+    metrics = reply.content["metrics"]
+    summary = json.loads((tmp_path / "clients" / "client_0" / "round_001" / "summary.json").read_text())
+    assert metrics["num-examples"] == summary["n_train"] != metrics["samples"]
+
+
 def with_deadline(msg: Message, sent_ago: float) -> Message:
     """``msg`` as the ServerApp sends it: the round's deadline on the wall clock, as if sent ``sent_ago`` seconds
     before its ``created_at`` (Flower's delivery and the SuperNode's poll took that long)."""

@@ -93,10 +93,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--weighting", default="work", choices=WEIGHTINGS,
                    help="FedAvg's weight of each reply (num-examples): work (default), the samples it trained this "
                    "round; data, the size of the client's shard, as in FedAvg's paper and Flower's quickstart")
-    f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=None, metavar="SECONDS",
+    f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=REPLY_RESERVE_S, metavar="SECONDS",
                    help="seconds each client keeps for its reply's trip to the server in the first round, before the "
-                   f"server has measured that trip (default {supernode.FIRST_REPLY_RESERVE_S:g} with the launcher's "
-                   f"short SuperNode poll, {REPLY_RESERVE_S:g} with Flower's own waits)")
+                   f"server has measured that trip (default {REPLY_RESERVE_S:g})")
     f.add_argument("--client-processes", dest="client_processes", default="warm", choices=CLIENT_PROCESSES,
                    help="warm (default): each SuperNode in --isolation process with timebudget's executor, which forks "
                    "every ClientApp process from one that imported flwr, torch and timebudget once; fresh: Flower's "
@@ -138,20 +137,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, list[Node
                       data=args.data, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
                       model=args.model, strategy=args.strategy, partition=args.partition, seed=args.seed,
                       mode=args.mode, local_epochs=args.local_epochs, lr_decay=args.lr_decay,
-                      reply_reserve=first_reply_reserve(args.reply_reserve, args.supernode_poll),
+                      reply_reserve=args.reply_reserve,
                       max_local_passes=args.max_local_passes, weighting=args.weighting,
                       overrides=" ".join(args.set)).validate()
     speeds = per_client(args.client_speed, run.clients, "client-speed", allow_empty=False)
     caps = per_client(args.client_caps, run.clients, "client-caps", allow_empty=True)
     nodes = [NodeSettings(i, run.clients, speeds[i] or 1.0, caps[i]) for i in range(run.clients)]
     return run, nodes
-
-
-def first_reply_reserve(given: float | None, poll_s: float) -> float:
-    """The first round's reply reserve: ``given``, else the one for the SuperNodes' waits (``poll_s`` 0: Flower's)."""
-    if given is not None:
-        return given
-    return supernode.FIRST_REPLY_RESERVE_S if poll_s > 0 else REPLY_RESERVE_S
 
 
 def free_ports(count: int) -> list[int]:

@@ -25,9 +25,6 @@ FLWR_RANGE = ((1, 21), (1, 43))  # the project's flwr>=1.21,<1.43
 POLL_S = 0.2
 PULL_BACKOFF_S = (0.05, 0.5)  # the object pulls' first back-off and its cap; flwr 1.42: 1 s and 10 s
 LOG_PREFIX = "timebudget supernode:"
-# The first round's reply reserve with these waits (settings.REPLY_RESERVE_S, 2 s, is for Flower's own): trips of 0.0 to
-# 0.24 s measured on 127.0.0.1 at load 2 on 2 cores with a 0.2 s poll (0.9 to 1.1 s with flwr's 1 s pull back-off)
-FIRST_REPLY_RESERVE_S = 1.0
 
 
 class CappedSleep(types.ModuleType):
