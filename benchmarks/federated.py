@@ -141,7 +141,7 @@ def main() -> None:
           f"start, {statistics.median(loads):.1f} median and {max(loads):.1f} highest after each run\n")
     print("| cap s | client (lr decay, ClientApp processes, remedy) | trained, in time | refused in time | late | "
           "passes/round (per client) | idle s (per client) | to first line s: median (range): delivery + start-up | "
-          "trip s | median accuracy after each round (s since start) | acc. at the same second | "
+          "trip s | median accuracy after each round (s since start) | acc. at the same second: median (per seed) | "
           "final acc.: median (per seed) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cap in caps:
@@ -163,7 +163,8 @@ def main() -> None:
                 f"{statistics.median(s['rounds'][i]['test_metrics']['accuracy'] for s in runs):.3f} "
                 f"({statistics.median(s['rounds'][i]['elapsed_s'] for s in runs):.0f})"
                 for i in range(1, len(runs[0]["rounds"])))
-            at_same = statistics.median(accuracy_at(s, t) for s, t in zip(runs, same_second))
+            at_same_seeds = [accuracy_at(s, t) for s, t in zip(runs, same_second)]
+            at_same = statistics.median(at_same_seeds)
             timed = [r for r in replies if "delivery_s" in r]
             starts = [r["delivery_s"] + r["startup_s"] for r in timed]
             trips = [r["trip_s"] for r in replies if "trip_s" in r]
@@ -174,7 +175,8 @@ def main() -> None:
             finals = [s["final_test_metrics"]["accuracy"] for s in runs]
             print(f"| {cap:g} | {name} | {ok}/{len(replies)} ({100 * ok / max(len(replies), 1):.0f}%) | {refused} | {late} | "
                   f"{passes} | {idle} | {start} | {trip} | {curve} | "
-                  f"{at_same:.3f} at {statistics.median(same_second):.0f} s | "
+                  f"{at_same:.3f} at {statistics.median(same_second):.0f} s "
+                  f"({', '.join(f'{a:.3f}' for a in at_same_seeds)}) | "
                   f"{statistics.median(finals):.3f} ({', '.join(f'{a:.3f}' for a in finals)}) |")
     for variant in variants:
         if variant["mode"] != "timebudget":

@@ -64,3 +64,8 @@ def test_the_object_pulls_back_off_from_a_short_first_wait(pull_defaults: None) 
     assert supernode.shorten_pull_backoff(0.05, 0.5) is None
     for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
         assert fn.__kwdefaults__["initial_backoff"] == 0.05 and fn.__kwdefaults__["backoff_cap"] == 0.5
+
+
+def test_a_poll_that_is_not_positive_is_one_line() -> None:
+    with pytest.raises(SystemExit, match="--poll-seconds must be a positive number"):
+        supernode.main(["--poll-seconds", "0", "--insecure"])
