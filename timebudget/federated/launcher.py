@@ -137,7 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RunSettings, list[Node
                       data=args.data, data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else "",
                       model=args.model, strategy=args.strategy, partition=args.partition, seed=args.seed,
                       mode=args.mode, local_epochs=args.local_epochs, lr_decay=args.lr_decay,
-                      reply_reserve=args.reply_reserve, max_local_passes=args.max_local_passes, weighting=args.weighting,
+                      reply_reserve=args.reply_reserve, max_local_passes=args.max_local_passes,
+                      weighting=args.weighting,
                       overrides=" ".join(args.set)).validate()
     speeds = per_client(args.client_speed, run.clients, "client-speed", allow_empty=False)
     caps = per_client(args.client_caps, run.clients, "client-caps", allow_empty=True)
