@@ -30,7 +30,7 @@ import torch
 
 from timebudget import distributed, sampler
 from timebudget.distributed import Group, World
-from timebudget.errors import TimebudgetError
+from timebudget.errors import PeerLost, TimebudgetError
 
 from conftest import load_checkpoint, step_records
 
@@ -386,6 +386,21 @@ def test_batch_size_must_split_across_ranks() -> None:
     assert group.rank_batch(96) == 32
     with pytest.raises(TimebudgetError, match="batch_size 100 does not split evenly across 3 processes.*e.g. 102"):
         group.rank_batch(100)
+
+
+@pytest.mark.parametrize(("error", "cause"), [
+    (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1"),
+     "its connection to another rank closed"),
+    (RuntimeError("Application timeout caused pair closure"), "past the deadline"),  # an asynchronous vote's wait
+])
+def test_a_lost_peer_becomes_one_line_naming_the_cause(error: Exception, cause: str) -> None:
+    group = Group(1, 2, 1, "gloo", 10.0, owned=False, launcher_exit_s=0.0)
+    with pytest.raises(PeerLost, match=f"rank 1 of 2: another rank died or stalled \\(.*{cause}"):
+        with group.guard():
+            raise error
+    with pytest.raises(ValueError):  # anything else passes through unchanged
+        with group.guard():
+            raise ValueError("a bug")
 
 
 def test_shards_are_equal_and_disjoint() -> None:

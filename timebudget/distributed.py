@@ -419,8 +419,9 @@ class Group(World):
         except Exception as exc:
             if not _lost_peer(exc):
                 raise
-            cause = (f"a collective waited {self.timeout_s:.0f} s, past the deadline" if "timed out" in str(exc).lower()
-                     else "its connection to another rank closed")
+            text = str(exc).lower()
+            cause = (f"a collective waited {self.timeout_s:.0f} s, past the deadline"
+                     if "timed out" in text or "timeout" in text else "its connection to another rank closed")
             raise PeerLost(
                 f"rank {self.rank} of {self.size}: another rank died or stalled ({cause}); stopping. The rank that "
                 f"failed first says why in its own output. ({type(exc).__name__}: {first_line(exc)[:160]})"
@@ -452,7 +453,8 @@ def _lost_peer(exc: BaseException) -> bool:
 
     text = str(exc)
     return isinstance(exc, dist.DistError) or any(
-        marker in text for marker in ("gloo/", "NCCL", "Connection reset", "Connection closed", "Timed out")
+        marker in text for marker in ("gloo/", "NCCL", "Connection reset", "Connection closed", "Timed out",
+                                      "timeout caused pair closure")  # the last: an asynchronous work's wait (gloo)
     )
 
 
