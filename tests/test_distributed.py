@@ -249,9 +249,13 @@ def test_sigterm_to_torchrun_saves_the_run_and_two_processes_resume_it(tmp_path:
     assert '"event": "checkpoint"' in (out / "metrics.jsonl").read_text()
     lines = [(tmp_path / f"records-{r}.txt").read_text().splitlines() for r in (0, 1)]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["world_size"] == 2 and state["cursor"] is not None  # it stopped within an epoch
+    assert state["world_size"] == 2
+    # it stopped within an epoch in most runs: then each rank's part of it is kept; a signal that lands in the epoch's
+    # end work (all-gather, scoring, the next plan) stops at the boundary, with no epoch in progress to keep (2 of 9
+    # runs in session 8); the resume below must work either way
     cursor = state["cursor"]
-    assert len(cursor["losses"]) == 2 * cursor["done"] and len(cursor["order"]) >= 2 * cursor["done"]
+    if cursor is not None:
+        assert len(cursor["losses"]) == 2 * cursor["done"] and len(cursor["order"]) >= 2 * cursor["done"]
     streams = [rank["augment"] for rank in state["rng"]["ranks"]]  # each rank's own augmentation stream
     assert len(streams) == 2 and not torch.equal(*streams)
 
