@@ -168,16 +168,15 @@ class BudgetClock:
         self._observe(float(seconds))
         self.reference_step = float(seconds)
 
-    def step_done(self, ahead: int = 1) -> bool:
-        """Account one launched step; return True when ``ahead`` more steps would not fit before the tail (more than
-        one where the decision takes effect steps later: under torchrun the ranks agree on it one step late)."""
+    def step_done(self) -> bool:
+        """Account one launched step; return True when another step would not fit before the tail."""
         self.steps += 1
         if self.timeline is None:
-            return self._finished([self.now()]) + ahead * self.step_estimate() > self.window_end
+            return self._finished([self.now()]) + self.step_estimate() > self.window_end
         self.timeline.mark()
         self._unfinished += 1
         self._finished(self.timeline.collect(self.max_lag))
-        return self.should_stop(ahead)
+        return self.should_stop()
 
     def _finished(self, ends: list[float]) -> float:
         """Account steps that ended at ``ends`` (each step runs from the previous end); return the last end."""
@@ -196,13 +195,13 @@ class BudgetClock:
             self._finished(self.timeline.collect(0))
         return self.now()
 
-    def should_stop(self, ahead: int = 1) -> bool:
-        """True when the next ``ahead`` steps would not fit: they end ``ahead`` steps after the host launches the
-        first or after the device has worked through the steps still queued, whichever is later."""
+    def should_stop(self) -> bool:
+        """True when the next step would not fit: it ends one step after the host launches it or after the device
+        has worked through the steps still queued, whichever is later."""
         start = self.now()
         if self._unfinished and self._last is not None:
             start = max(start, self._last + self._unfinished * self.step_estimate())
-        return start + ahead * self.step_estimate() > self.window_end
+        return start + self.step_estimate() > self.window_end
 
     def pause(self) -> Callable[[], None]:
         """Exclude a span (periodic evaluation, a save) from step timing; it still counts against the budget.

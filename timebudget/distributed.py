@@ -8,13 +8,11 @@ order:
 
 - **one deadline**: the budget counts from torchrun's own start (the workers' parent process), aligned across ranks
   and machines to the earliest launch (:meth:`Group.align_start`);
-- **one step, one stop**: after each step one small all-reduce on the CPU (:meth:`Group.vote`) stops every rank
+- **one step, one stop**: after each step one small all-reduce on the CPU (:meth:`Group.agree`) stops every rank
   when any rank's clock (or a signal) says stop, rolls every rank back when any rank's divergence guard saw a bad
-  loss, and carries rank 0's fraction of the window (from which every rank sets the same learning rate) and rank 0's
-  time-based decisions (the guard's snapshot, a resumable checkpoint), so the replicas stay identical. The vote is
-  pipelined: it travels while the next step trains and is read after it (a blocking all-reduce per step cost 9-16%
-  of two CPU ranks' throughput), so a stop is voted two steps ahead; a vote that asks for anything but "go on", and
-  an epoch's last step, wait for the newest vote too, so rollbacks, snapshots and saves act on every step's flags;
+  loss, and carries rank 0's fraction of the window (from which every rank sets the same learning rate for the next
+  step) and rank 0's time-based decisions (the guard's snapshot, a resumable checkpoint), so the replicas stay
+  identical;
 - **one plan**: every rank computes the epoch plan from the same score table (losses all-gathered once per epoch,
   :meth:`Group.all_gather_losses`), the same seeded generator and rank 0's time (:meth:`Group.from_writer`); a
   fingerprint check (:meth:`Group.agree_plan`) replaces a plan that still differs (a strategy that decides from its
@@ -87,7 +85,6 @@ class World:
 
     size = 1
     rank = 0
-    lag = 0  # steps between a vote and the step after which it acts (:meth:`vote`)
     backend: str | None = None
     launcher_exit_s = 0.0  # time the launcher needs to exit after this process, kept free at the end of the budget
     signal: str | None = None  # a stop signal any rank received, as the last agreement carried it
@@ -132,14 +129,6 @@ class World:
         rank stops all of them."""
         self.signal = self.signal or signal
         return Votes(stop or self.signal is not None, self.signal, bad, snapshot, save)
-
-    def vote(
-        self, stop: bool, signal: str | None = None, bad: bool = False, snapshot: bool = False, save: bool = False,
-        last: bool = False,
-    ) -> Votes:
-        """The per-step agreement: :meth:`agree`, except that under torchrun it is pipelined (see :class:`Group`);
-        ``last`` marks an epoch's last step, after which no vote may be left in flight."""
-        return self.agree(stop, signal, bad, snapshot, save)
 
     def agree_stop(self, local_stop: bool) -> bool:
         """Whether every rank stops now: true when any rank's ``local_stop`` is."""
@@ -212,8 +201,6 @@ class _NoLog:
 class Group(World):
     """``size`` processes started by torchrun, this one being ``rank``; built by :func:`init`."""
 
-    lag = 1  # the per-step vote is read one step late (:meth:`vote`)
-
     def __init__(
         self, rank: int, size: int, local_rank: int, backend: str, timeout_s: float, owned: bool, launcher_exit_s: float
     ) -> None:
@@ -229,9 +216,6 @@ class Group(World):
             self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
         self.clock: BudgetClock | None = None
         self._agreed = torch.zeros(6, dtype=torch.float64)
-        self._ballots = (torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64))  # per-step votes
-        self._in_flight: tuple[Any, torch.Tensor] | None = None  # the last step's vote, travelling
-        self.steps_voted = 0
         self._progress: float | None = None
 
     # --- set-up ----------------------------------------------------------------------------------------------
@@ -290,49 +274,13 @@ class Group(World):
     ) -> Votes:
         """One all-reduce (max) of six numbers: the stop votes, the signals' numbers, the guard's flags, rank 0's
         progress (the others send -1) and rank 0's two decisions (the others send 0)."""
-        if self._in_flight is not None:
-            raise RuntimeError("distributed: a step's vote is still in flight (vote(..., last=True) ends an epoch)")
-        ballot = self._fill(self._agreed, stop, signal, bad, snapshot, save)
-        self.dist.all_reduce(ballot, op=self.dist.ReduceOp.MAX, group=self.control)
-        return self._count(ballot)
-
-    def vote(
-        self, stop: bool, signal: str | None = None, bad: bool = False, snapshot: bool = False, save: bool = False,
-        last: bool = False,
-    ) -> Votes:
-        """Send this step's votes without waiting and return the previous step's, agreed (nothing to act on after the
-        first step of an epoch). ``stop`` must look two steps ahead (:attr:`lag`). When the previous votes ask for
-        anything (a stop, a signal, a rollback, a snapshot, a save) or ``last`` is set, this step's votes are waited
-        for as well and the two are merged, so the action sees every step's flags and nothing is left in flight: a
-        snapshot never captures a step that some rank found bad, and a rollback is not repeated a step later."""
-        ballot = self._fill(self._ballots[self.steps_voted % 2], stop, signal, bad, snapshot, save)
-        self.steps_voted += 1
-        work = self.dist.all_reduce(ballot, op=self.dist.ReduceOp.MAX, group=self.control, async_op=True)
-        previous, self._in_flight = self._in_flight, (work, ballot)
-        votes = self._settle(previous) if previous is not None else Votes(False)
-        if last or votes != Votes(False):
-            newest, self._in_flight = self._settle(self._in_flight), None
-            votes = Votes(votes.stop or newest.stop, self.signal, votes.bad or newest.bad,
-                          votes.snapshot or newest.snapshot, votes.save or newest.save)
-        return votes
-
-    def _settle(self, in_flight: tuple[Any, torch.Tensor]) -> Votes:
-        work, ballot = in_flight
-        work.wait()
-        return self._count(ballot)
-
-    def _fill(
-        self, ballot: torch.Tensor, stop: bool, signal: str | None, bad: bool, snapshot: bool, save: bool
-    ) -> torch.Tensor:
         writer = self.is_writer
-        ballot[0], ballot[1], ballot[2] = float(stop), float(signals.Signals[signal]) if signal else 0.0, float(bad)
-        ballot[3] = self._writer_progress()
-        ballot[4], ballot[5] = float(writer and snapshot), float(writer and save)
-        return ballot
-
-    def _count(self, ballot: torch.Tensor) -> Votes:
-        """The agreed votes of a reduced ballot; rank 0's progress and any signal are remembered."""
-        stop, number, bad, self._progress, snapshot, save = ballot.tolist()
+        agreed = self._agreed
+        agreed[0], agreed[1], agreed[2] = float(stop), float(signals.Signals[signal]) if signal else 0.0, float(bad)
+        agreed[3] = self._writer_progress()
+        agreed[4], agreed[5] = float(writer and snapshot), float(writer and save)
+        self.dist.all_reduce(agreed, op=self.dist.ReduceOp.MAX, group=self.control)
+        stop, number, bad, self._progress, snapshot, save = agreed.tolist()
         if number and self.signal is None:
             self.signal = signals.Signals(int(number)).name
         return Votes(stop > 0 or self.signal is not None, self.signal, bad > 0, snapshot > 0, save > 0)

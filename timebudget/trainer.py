@@ -507,7 +507,7 @@ class _Run:
             # trained part's losses as one entry)
             order, chunks, weights, epoch_losses, done = self.plan_epoch()
             logged = len(epoch_losses)  # steps of this epoch already logged
-            for n, (x, y, idx) in enumerate(self.train_batches.iterate(chunks), 1):
+            for x, y, idx in self.train_batches.iterate(chunks):
                 p = self.world.progress(clock.progress())  # under torchrun: rank 0's, so every replica steps alike
                 lr = self.schedule.apply(p)
                 w = weights[idx.to(device, non_blocking=True)] if weights is not None else None
@@ -526,10 +526,10 @@ class _Run:
                     self.log_step(lr, torch.cat(epoch_losses[logged:]))
                     logged = len(epoch_losses)
                 view.tick(losses)
-                # one small collective under torchrun, read a step late: all ranks stop, roll back, snapshot and save
-                votes = self.world.vote(clock.step_done(1 + self.world.lag), self.preemption.signal,
-                                        self.guard.tripped(), self.guard.due(clock.elapsed()),
-                                        clock.elapsed() >= next_resumable and self.save_fits(), last=n == len(chunks))
+                # one small collective under torchrun: all ranks stop, roll back, snapshot and save alike
+                votes = self.world.agree(clock.step_done(), self.preemption.signal, self.guard.tripped(),
+                                         self.guard.due(clock.elapsed()),
+                                         clock.elapsed() >= next_resumable and self.save_fits())
                 if votes.stop or self.guarded(votes):
                     stop = True
                     break
@@ -588,7 +588,7 @@ class _Run:
     def save_fits(self) -> bool:
         """Whether a resumable checkpoint fits before the tail (rank 0's clock decides for all ranks)."""
         clock = self.clock
-        return clock.now() + self.save_s * clock.load + (1 + self.world.lag) * clock.step_estimate() <= clock.window_end
+        return clock.now() + self.save_s * clock.load + clock.step_estimate() <= clock.window_end
 
     def save_resumable(self, order: torch.Tensor, weights: torch.Tensor | None, epoch_losses: list[torch.Tensor],
                        done: int) -> None:
