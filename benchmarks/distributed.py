@@ -15,6 +15,7 @@ where the machine has the cores; the same accuracy or better at equal budget.
     python benchmarks/distributed.py                     # digits/cnn, 40 s, 4 rounds: plain, torchrun 1 and 2 procs
     python benchmarks/distributed.py --quick             # one round
     python benchmarks/distributed.py --data synthetic --model cnn --batch-size 128 --seconds 60 --rounds 3
+    python benchmarks/distributed.py --data synthetic --per-rank-batch 128 --seconds 60 --rounds 3 --no-plain
     python benchmarks/distributed.py --device cuda --procs 1 2 4 --seconds 60   # on a machine with several GPUs
 """
 from __future__ import annotations
@@ -60,8 +61,9 @@ class Mode:
 def command(procs: int, args: argparse.Namespace, out: Path) -> list[str]:
     train = ["train", "--seconds", f"{args.seconds:g}", "--data", args.data, "--model", args.model,
              "--device", args.device, "--quiet", "--out", str(out)]
-    if args.batch_size:
-        train += ["--batch-size", str(args.batch_size)]
+    batch = args.per_rank_batch * max(procs, 1) if args.per_rank_batch else args.batch_size
+    if batch:
+        train += ["--batch-size", str(batch)]
     if procs == 0:
         return [sys.executable, "-m", "timebudget", *train]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
@@ -132,7 +134,11 @@ def main() -> int:
     parser.add_argument("--no-plain", action="store_true", help="leave out the plain python -m timebudget runs")
     parser.add_argument("--data", default="digits")
     parser.add_argument("--model", default="cnn")
-    parser.add_argument("--batch-size", type=int, help="the global batch (each of N ranks trains batch / N)")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", type=int, help="the global batch (each of N ranks trains batch / N): the same "
+                       "recipe at every world size (strong scaling)")
+    batch.add_argument("--per-rank-batch", type=int, help="each process trains this batch (global batch N x it, as "
+                       "DDP is usually scaled): the same work per step and per collective (weak scaling)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="one round")
     args = parser.parse_args()
@@ -153,8 +159,10 @@ def main() -> int:
                         f"{run.summary['samples_per_s']:.0f} samples/s, steps {run.summary['rank_steps']}"
                         if run.summary else f"failed: {run.stderr_tail!r}")
                 print(f"round {r}: {mode.name}: {info}", flush=True)
-    print(f"\nB = {args.seconds:g} s, data {args.data}, model {args.model}, batch {args.batch_size or 'default'} "
-          f"(global), device {args.device}, one thread per process, {rounds} rounds")
+    batch = (f"{args.per_rank_batch} per process" if args.per_rank_batch
+             else f"{args.batch_size or 'default'} (global)")
+    print(f"\nB = {args.seconds:g} s, data {args.data}, model {args.model}, batch {batch}, device {args.device}, "
+          f"one thread per process, {rounds} rounds")
     print("\n".join(table(modes, args.seconds)))
     print("\n".join(machine()))
     return 0 if all(r.returncode == 0 for m in modes for r in m.runs) else 1
