@@ -393,7 +393,7 @@ def test_batch_size_must_split_across_ranks() -> None:
 @pytest.mark.parametrize(("error", "cause"), [
     (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1"),
      "its connection to another rank closed"),
-    (RuntimeError("Application timeout caused pair closure"), "past the deadline"),  # an asynchronous vote's wait
+    (RuntimeError("Application timeout caused pair closure"), "past the deadline"),  # gloo, a pair timed out
 ])
 def test_a_lost_peer_becomes_one_line_naming_the_cause(error: Exception, cause: str) -> None:
     group = Group(1, 2, 1, "gloo", 10.0, owned=False, launcher_exit_s=0.0)

@@ -402,7 +402,7 @@ def _lost_peer(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, dist.DistError) or any(
         marker in text for marker in ("gloo/", "NCCL", "Connection reset", "Connection closed", "Timed out",
-                                      "timeout caused pair closure")  # the last: an asynchronous work's wait (gloo)
+                                      "timeout caused pair closure")  # the last: gloo closing a pair at its timeout
     )
 
 
