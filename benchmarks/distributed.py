@@ -61,6 +61,8 @@ class Mode:
 def command(procs: int, args: argparse.Namespace, out: Path) -> list[str]:
     train = ["train", "--seconds", f"{args.seconds:g}", "--data", args.data, "--model", args.model,
              "--device", args.device, "--quiet", "--out", str(out)]
+    if args.strategy:
+        train += ["--strategy", args.strategy]
     batch = args.per_rank_batch * max(procs, 1) if args.per_rank_batch else args.batch_size
     if batch:
         train += ["--batch-size", str(batch)]
@@ -134,6 +136,7 @@ def main() -> int:
     parser.add_argument("--no-plain", action="store_true", help="leave out the plain python -m timebudget runs")
     parser.add_argument("--data", default="digits")
     parser.add_argument("--model", default="cnn")
+    parser.add_argument("--strategy", help="the runs' --strategy (default: the trainer's default)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch-size", type=int, help="the global batch (each of N ranks trains batch / N): the same "
                        "recipe at every world size (strong scaling)")
