@@ -47,10 +47,41 @@ def test_only_fp16_scales_the_loss() -> None:
 
 def test_channels_last_is_refused_for_tabular_models() -> None:
     with pytest.raises(TimebudgetError, match="channels_last applies to image models only"):
-        accel.memory_format(nn.Linear(3, 2), True, image=False)
+        accel.memory_format(nn.Linear(3, 2), "true", image=False, device=CPU)
     conv = nn.Conv2d(3, 4, 3)
-    assert accel.memory_format(conv, True, image=True) == torch.channels_last
+    assert accel.memory_format(conv, "true", image=True, device=CPU) == torch.channels_last
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(("setting", "image", "device", "faster_nhwc", "nhwc"), [
+    ("auto", True, "cpu", True, True),  # the built-in cnn on the CPU: the measured case
+    ("auto", True, "cuda", True, False),  # not measured on CUDA
+    ("auto", True, "cpu", False, False),  # airnet, resnet18, a user's module:function
+    ("auto", False, "cpu", True, False),  # tabular: never, and no error under auto
+    ("false", True, "cpu", True, False),
+    ("true", True, "cuda", False, True),  # asked for: always
+])
+def test_channels_last_auto_picks_nhwc_only_where_it_was_measured_faster(
+    setting: str, image: bool, device: str, faster_nhwc: bool, nhwc: bool
+) -> None:
+    conv = nn.Conv2d(3, 4, 3)  # stays on the CPU: the format is decided from the device's type alone
+    fmt = accel.memory_format(conv, setting, image=image, device=torch.device(device), faster_nhwc=faster_nhwc)
+    assert fmt == (torch.channels_last if nhwc else torch.contiguous_format)
+    assert conv.weight.is_contiguous(memory_format=fmt) and conv.weight.is_contiguous() != nhwc
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, "true"), (False, "false"), ("AUTO", "auto")])
+def test_channels_last_accepts_booleans_and_auto(value: object, expected: str) -> None:
+    assert Config(seconds=5, channels_last=value).validate().channels_last == expected  # type: ignore[arg-type]
+    with pytest.raises(TimebudgetError, match="channels_last"):
+        Config(seconds=5, channels_last="sometimes").validate()
+
+
+def test_the_default_cnn_trains_in_nhwc_on_the_cpu_and_a_tabular_model_does_not(tmp_path) -> None:
+    image = train(Config(seconds=4, quiet=True, out=str(tmp_path / "digits"))).summary
+    assert image["model"] == "cnn" and image["channels_last"] is True
+    tabular = train(Config(seconds=4, data="synthetic", model="mlp", quiet=True, out=str(tmp_path / "mlp"))).summary
+    assert tabular["channels_last"] is False
 
 
 def test_compile_refused_where_torch_cannot_compile(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ LOSSES = ("auto", "cross_entropy", "mse", "l1")
 # the names of timebudget.strategies.STRATEGIES (which imports this module, so the list lives here; a test checks it)
 STRATEGIES = ("full", "random", "infobatch", "hard", "curriculum", "selective", "importance", "selective-backprop")
 NOISE_FILTER = ("auto", "true", "false")
+CHANNELS_LAST = ("auto", "true", "false")
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Config:
     average_from: float | None = None
     ema_decay: float = 0.98
     tta: bool = False
-    channels_last: bool = False
+    channels_last: str = "auto"  # auto: on for the built-in cnn on the CPU (faster there); true; false
     compile: bool = False
     compile_cache: str | None = None  # folder of the on-disk compile caches (timebudget.startup); None: ~/.cache/...
     data_path: str = "auto"
@@ -108,6 +109,8 @@ class Config:
         _choice("strategy", self.strategy, STRATEGIES)
         self.filter_noisy = str(self.filter_noisy).lower()  # True from Python or the --filter-noisy switch: "true"
         _choice("filter_noisy", self.filter_noisy, NOISE_FILTER)
+        self.channels_last = str(self.channels_last).lower()  # True or False from Python or YAML
+        _choice("channels_last", self.channels_last, CHANNELS_LAST)
         _positive("batch_size", self.batch_size)
         _positive("lr", self.lr)
         _positive("image_size", self.image_size)

@@ -19,6 +19,9 @@ from .errors import TimebudgetError
 from .imports import import_callable
 
 NAMES = ("cnn", "mlp", "resnet18", "airnet", "mlp-nobn")
+# The models whose training step is faster on the CPU in NHWC (channels_last: auto turns it on for them there):
+# ``cnn`` 1.2x on digits (benchmarks/memory_format.py); airnet and resnet18 measured no faster.
+FASTER_NHWC_ON_CPU = ("cnn",)
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:

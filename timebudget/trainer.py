@@ -274,12 +274,14 @@ class _Run:
             self.model.load_state_dict(hooks.weights)
         if hooks.wrap_step is not None:
             self.step = hooks.wrap_step(self.step)  # type: ignore[method-assign]
-        fmt = accel.memory_format(self.model, config.channels_last, bundle.kind == "image")
+        fmt = accel.memory_format(self.model, config.channels_last, bundle.kind == "image", device,
+                                  faster_nhwc=config.model in models.FASTER_NHWC_ON_CPU)
+        self.channels_last = fmt == torch.channels_last
         self.startup.mark("model")
         self.rank_batch = world.rank_batch(config.batch_size)
         if config.compile:
             self.startup.use_compile_cache(config.compile_cache, startup.cache_key(
-                config.model, bundle.input_shape, self.rank_batch, config.precision, config.channels_last,
+                config.model, bundle.input_shape, self.rank_batch, config.precision, self.channels_last,
                 device.type))
         self.train_module = accel.compile_module(world.wrap(self.model), config.compile)  # DDP under torchrun
         self.startup.mark("compile" if config.compile else "model")
@@ -763,6 +765,7 @@ class _Run:
             "task": self.bundle.task,
             "model": config.model,
             "precision": config.precision,
+            "channels_last": self.channels_last,
             "n_train": n,
             "n_test": len(self.test_batches),
             "seconds_scoring": self.seconds_scoring,
