@@ -20,7 +20,7 @@ from .imports import import_callable
 
 NAMES = ("cnn", "mlp", "resnet18", "airnet", "mlp-nobn")
 # The models whose training step is faster on the CPU in NHWC (channels_last: auto turns it on for them there):
-# ``cnn`` 1.2x on digits (benchmarks/memory_format.py); airnet and resnet18 measured no faster.
+# ``cnn`` 1.3-1.9x (benchmarks/memory_format.py); a step of airnet or resnet18 was no faster (a scratch check).
 FASTER_NHWC_ON_CPU = ("cnn",)
 
 
