@@ -29,8 +29,10 @@ import sys
 import time
 import traceback
 from types import FrameType
+from typing import Any
 
 READY = "timebudget executor: imports done"  # its log's first line, which the launcher waits for
+PUSHED = "timebudget executor: reply pushed at"
 POLL_S = 0.05  # between AcquireTask calls; flower-superexec's default is 1 s (the launcher sets it to 0.1 s)
 
 
@@ -78,17 +80,32 @@ def _die_with_parent() -> None:
         pass
 
 
+def stamp_push(runtime: Any) -> None:
+    """Log the wall-clock second at which the ClientApp's reply (its message and objects) is with the SuperNode:
+    with the SuperNode's and the server's stamps it splits the reply's trip (``benchmarks/federated.py``)."""
+    push = getattr(runtime, "push_message", None)
+    if not callable(push):
+        return
+
+    def pushed(*args: Any, **kwargs: Any) -> None:
+        push(*args, **kwargs)
+        print(f"{PUSHED} {time.time():.3f}", flush=True)
+
+    runtime.push_message = pushed
+
+
 def run_child(address: str, token: str, parent: int) -> int:
     """In the forked child: Flower's ``flwr-clientapp`` for one task, with the imports already done. Returns the exit
     code (the caller leaves with ``os._exit``, so nothing the parent registered runs twice)."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+    from flwr.supernode.runtime import run_clientapp as runtime
 
+    stamp_push(runtime)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent()
     try:
-        run_clientapp(runtime_api_address=address, token=token, insecure=True, parent_pid=parent,
-                      runtime_dependency_install=False)
+        runtime.run_clientapp(runtime_api_address=address, token=token, insecure=True, parent_pid=parent,
+                              runtime_dependency_install=False)
         return 0
     except SystemExit as exc:  # flwr_exit ends the task this way
         return exc.code if isinstance(exc.code, int) else 0
@@ -108,7 +125,7 @@ def serve(address: str, poll_s: float = POLL_S) -> None:
 
     import torch
 
-    from . import client, local  # noqa: F401 - the point of this process: flwr, torch and timebudget imported once
+    from . import client, local, wire  # noqa: F401 - the point of this process: flwr, torch and timebudget imported once
     from .supernode import LOG_PREFIX, shorten_pull_backoff
 
     # a child forked at once asks for the round's arrays before its SuperNode has pulled them all from the SuperLink,
