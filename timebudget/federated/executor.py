@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 READY = "timebudget executor: imports done"  # its log's first line, which the launcher waits for
+PULLED = "timebudget executor: message pulled at"
 PUSHED = "timebudget executor: reply pushed at"
 POLL_S = 0.05  # between AcquireTask calls; flower-superexec's default is 1 s (the launcher sets it to 0.1 s)
 
@@ -80,18 +81,24 @@ def _die_with_parent() -> None:
         pass
 
 
-def stamp_push(runtime: Any) -> None:
-    """Log the wall-clock second at which the ClientApp's reply (its message and objects) is with the SuperNode:
-    with the SuperNode's and the server's stamps it splits the reply's trip (``benchmarks/federated.py``)."""
-    push = getattr(runtime, "push_message", None)
-    if not callable(push):
-        return
+def stamp_child(runtime: Any) -> None:
+    """Log the wall-clock seconds at which this ClientApp process holds its message (``pull_task_input``: the task,
+    the message and its objects, pulled from the SuperNode) and at which its reply is with the SuperNode
+    (``push_message``): with the SuperNode's and the server's stamps they split a round's delivery and reply trip
+    (``benchmarks/federated.py``)."""
+    for name, stamp in (("pull_task_input", PULLED), ("push_message", PUSHED)):
+        step = getattr(runtime, name, None)
+        if callable(step):
+            setattr(runtime, name, _stamped(step, stamp))
 
-    def pushed(*args: Any, **kwargs: Any) -> None:
-        push(*args, **kwargs)
-        print(f"{PUSHED} {time.time():.3f}", flush=True)
 
-    runtime.push_message = pushed
+def _stamped(step: Any, stamp: str) -> Any:
+    def stamped(*args: Any, **kwargs: Any) -> Any:
+        result = step(*args, **kwargs)
+        print(f"{stamp} {time.time():.3f}", flush=True)
+        return result
+
+    return stamped
 
 
 def run_child(address: str, token: str, parent: int) -> int:
@@ -99,7 +106,7 @@ def run_child(address: str, token: str, parent: int) -> int:
     code (the caller leaves with ``os._exit``, so nothing the parent registered runs twice)."""
     from flwr.supernode.runtime import run_clientapp as runtime
 
-    stamp_push(runtime)
+    stamp_child(runtime)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent()
@@ -125,7 +132,7 @@ def serve(address: str, poll_s: float = POLL_S) -> None:
 
     import torch
 
-    from . import client, local, wire  # noqa: F401 - the point of this process: flwr, torch and timebudget imported once
+    from . import client, local, wire  # noqa: F401 - the point of this process: flwr, torch, timebudget imported once
     from .supernode import LOG_PREFIX, shorten_pull_backoff
 
     # a child forked at once asks for the round's arrays before its SuperNode has pulled them all from the SuperLink,

@@ -26,7 +26,8 @@ def layout(weights: Mapping[str, torch.Tensor]) -> dict[str, list[Any]]:
     shapes: list[int] = []
     for tensor in weights.values():
         shapes += [tensor.dim(), *tensor.shape]
-    return {NAMES: list(weights), SHAPES: shapes, DTYPES: [str(t.dtype).removeprefix("torch.") for t in weights.values()]}
+    dtypes = [str(t.dtype).removeprefix("torch.") for t in weights.values()]
+    return {NAMES: list(weights), SHAPES: shapes, DTYPES: dtypes}
 
 
 def pack(weights: Mapping[str, torch.Tensor]) -> ArrayRecord:
