@@ -95,8 +95,9 @@ def add_parser(sub: Any) -> None:
                    help="FedAvg's weight of each reply (num-examples): work (default), the samples it trained this "
                    "round; data, the size of the client's shard, as in FedAvg's paper and Flower's quickstart")
     f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=REPLY_RESERVE_S, metavar="SECONDS",
-                   help="seconds each client keeps for its reply's trip to the server in the first round, before the "
-                   f"server has measured that trip (default {REPLY_RESERVE_S:g})")
+                   help="seconds each client keeps for its reply's trip to the server when the server has measured no "
+                   "trip yet (the ServerApp measures it before round 1; this is for when that query found no "
+                   f"client; default {REPLY_RESERVE_S:g})")
     f.add_argument("--client-processes", dest="client_processes", default="warm", choices=CLIENT_PROCESSES,
                    help="warm (default): each SuperNode in --isolation process with timebudget's executor, which forks "
                    "every ClientApp process from one that imported flwr, torch and timebudget once; fresh: Flower's "

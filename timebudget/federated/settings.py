@@ -40,8 +40,10 @@ DEADLINE_KEY = "deadline"
 # the server polls every 0.1 s (``server.TimedGrid``): 0.35 to 0.5 s measured on loopback at load 1 on 2 cores, up
 # to 2.8 s at load 14 when three clients replied at once. From the second round on, the server sends the longest trip
 # it measured from any node (``REPLY_PATH_KEY`` in the round's config) and the client reserves ``REPLY_SAFETY`` times
-# that plus ``REPLY_JITTER_S`` (the SuperNode's poll, which the measured trip may have caught at once); before any
-# measurement, the run's ``reply-reserve`` (``REPLY_RESERVE_S`` unless set). Any node's, not each node's own: under
+# that plus ``REPLY_JITTER_S`` (the SuperNode's poll, which the measured trip may have caught at once). timebudget's
+# ServerApp measures the trip before round 1 too (``server.measure_reply_paths``: a query the clients answer at once
+# with as many bytes as a round's reply); a message without a measured trip (another ServerApp) gets the run's
+# ``reply-reserve`` (``REPLY_RESERVE_S`` unless set). Any node's, not each node's own: under
 # load the trips have a heavy tail (0.2 to 1.9 s at load 7 on 2 cores, median 0.45 s), and one node's first trip or
 # two (0.46 s) let its next one (1.31 s) come late; a fleet with one slow link reserves for it everywhere, which costs
 # the others that much training and no replies.
