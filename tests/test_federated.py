@@ -21,7 +21,7 @@ from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, Messag
 
 from timebudget import models  # noqa: E402
 from timebudget.federated import client, launcher, server, wire  # noqa: E402
-from timebudget.federated.settings import DEADLINE_KEY, RunSettings  # noqa: E402
+from timebudget.federated.settings import DEADLINE_KEY, REPLY_JITTER_S, REPLY_SAFETY, RunSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = 0.05  # fake seconds per clock reading in the handler tests
@@ -384,21 +384,29 @@ def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path)
     replies = [r for r in records if "node" in r]
     globals_ = [r for r in records if "test_metrics" in r]
     assert [r["round"] for r in globals_] == [0, 1, 2]
+    (query,) = [r for r in records if "reply_paths" in r]  # the reply path, measured before round 1
+    assert query["round"] == 0 and set(query["reply_paths"]) == {"0", "1"}
     assert sorted((r["round"], r["client"]) for r in replies) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     for r in replies:
         assert {"round", "client", "cap_s", "seconds", "samples", "in_time"} <= r.keys()
     trained = [r for r in replies if "error" not in r]
     errors = [r for r in replies if "error" in r]
-    assert {r["client"] for r in errors} == {1} and all("nothing left to train" in r["error"] for r in errors)
+    # refused on arrival, by its last round's measurements or by the trainer's calibration, whichever came first
+    assert {r["client"] for r in errors} == {1} and all(r["error"].startswith("timebudget client 1: ") for r in errors)
     assert all(r["in_time"] and r["seconds"] <= 12.0 for r in errors)  # refused at once, not late
     for r in trained:
         assert r["client"] == 0 and r["cap_s"] == 12.0
         if r["in_time"]:
             assert r["samples"] > 0 and r["seconds"] <= 12.0 and r["trip_s"] >= 0.0
+        if r["round"] == 1:  # round 1 reserved the trip measured before it, not the run's 2 s guess
+            measured = REPLY_SAFETY * max(query["reply_paths"].values()) + REPLY_JITTER_S
+            assert r["reply_reserve"] == pytest.approx(measured, abs=0.01)
+    weights = torch.load(out / "global_model.pt")  # the packed weights, unpacked
+    assert weights.keys() == digits_weights().keys() and weights["0.1.num_batches_tracked"].dtype == torch.int64
     summary = json.loads((out / "summary.json").read_text())
     assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][0]["speed"] == 0.5
     assert summary["clients"][1]["in_time"] == 0 and summary["clients"][1]["errors"]
-    assert "in time" in stdout and "nothing left to train" in stdout
+    assert "in time" in stdout and "the last: timebudget client 1: " in stdout
     assert summary["client_processes"] == "warm"  # the default: each ClientApp process forked by the warm executor
     assert "timebudget client 0 round 2" in (out / "logs" / "executor_0.log").read_text()
     assert summary["supernode_poll_s"] == 0.2  # each SuperNode through timebudget's entry point, its waits shortened
