@@ -2,9 +2,10 @@
 
 Both run the same real loopback deployment (``timebudget federated``: SuperLink, one SuperNode per client, the
 ServerApp on Flower's FedAvg with the round's cap as its timeout) with the same data, Dirichlet partitions, clients
-(one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains until its
-deadline (``timebudget.train`` for the cap less its measured reserve), its learning rate decaying to zero within
-each round or once across all rounds (``--lr-decay``); ``epochs`` trains one local epoch at a
+(one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains about 5
+local passes (``--max-local-passes``, ``passes=0``: until its deadline), never past its deadline (``timebudget.train``
+for the cap less its measured reserve), its learning rate decaying to zero within each round or once across all
+rounds (``--lr-decay``); ``epochs`` trains one local epoch at a
 constant learning rate, as Flower's quickstart does, however long it takes, and a reply later than the timeout is
 dropped. Variants are interleaved per cap and seed, so a change in the machine's load hits all of them.
 
@@ -15,8 +16,9 @@ reply or the timeout).
 
 Also per mode and cap: the median seconds from the server's send to a client's first line of code (Flower's delivery,
 the SuperNode's poll, the per-message ``flwr-clientapp`` process start-up) and the longest reply trip (from the
-client's return to the server's receipt), and, at the end, the lowest cap at which every timebudget reply came in
-time and the lowest at which every one also trained.
+client's return to the server's receipt), where a trained reply's round went (``STAGES``, from the timing stamps of
+the SuperNodes and warm executors), and, at the end, the caps at which every timebudget reply came in time and at
+which every one also trained.
 
 Smoke run: ``python benchmarks/federated.py --caps 15 --rounds 2``; the README table:
 ``OMP_NUM_THREADS=1 python benchmarks/federated.py --caps 8,15,30 --rounds 4 --seeds 0,1 --variants
