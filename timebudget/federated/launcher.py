@@ -81,7 +81,8 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--client-caps", dest="client_caps", default="",
                    help="comma-separated cap in seconds per client, empty for none, e.g. 20,,10")
     f.add_argument("--mode", default="timebudget", choices=("timebudget", "epochs"),
-                   help="timebudget (default): train until the deadline; epochs: a fixed number of local epochs "
+                   help="timebudget (default): train until the deadline, or --max-local-passes passes if sooner; "
+                   "epochs: a fixed number of local epochs "
                    "(Flower's quickstart), for comparison")
     f.add_argument("--local-epochs", dest="local_epochs", type=int, default=1, help="epochs per round in epochs mode")
     f.add_argument("--lr-decay", dest="lr_decay", default="round", choices=("round", "federation"),
