@@ -2,7 +2,7 @@
 
 Both run the same real loopback deployment (``timebudget federated``: SuperLink, one SuperNode per client, the
 ServerApp on Flower's FedAvg with the round's cap as its timeout) with the same data, Dirichlet partitions, clients
-(one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains about 5
+(one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains about 2
 local passes (``--max-local-passes``, ``passes=0``: until its deadline), never past its deadline (``timebudget.train``
 for the cap less its measured reserve), its learning rate decaying to zero within each round or once across all
 rounds (``--lr-decay``); ``epochs`` trains one local epoch at a

@@ -182,7 +182,7 @@ def pass_cap(passes: float, last_pass_s: float | None) -> Callable[[dict[str, fl
     (``None``: no cap, train until the deadline). After calibration the run's seconds become what is already spent,
     the passes and the tail (with its margin); a pass takes what the client's last round measured (``last_pass_s``: its
     steps and the loop's own costs), or in its first round ``steps_per_pass`` times the calibrated step (the loop's
-    own costs not counted: a first round trains somewhat more). The learning rate then decays to zero by those
+    own per-pass work not counted: a first round's count is rougher). The learning rate then decays to zero by those
     passes, the client answers early, and the deadline still bounds the round."""
     if not passes:
         return None
