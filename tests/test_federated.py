@@ -373,11 +373,12 @@ def federated(out: Path, *argv: str) -> subprocess.Popen[str]:
 
 
 def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path) -> None:
-    """Client 0 (half speed) trains; client 1's own cap of 1 s cannot hold a round, so it answers each with an error,
-    in time, which the records and the table show under its name."""
+    """Client 0 (half speed) trains; client 1's own cap of 0.3 s is less than its reply's reserve (at least 0.5 s), so
+    it answers each round with an error, in time, which the records and the table show under its name. (A 1 s cap
+    used to be refused too; with session 9's shorter delivery a quiet machine can fit a round in it.)"""
     out = tmp_path / "fed"
     proc = federated(out, "--clients", "2", "--rounds", "2", "--round-seconds", "12", "--client-speed", "0.5,1",
-                     "--client-caps", ",1")
+                     "--client-caps", ",0.3")
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
@@ -391,8 +392,7 @@ def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path)
         assert {"round", "client", "cap_s", "seconds", "samples", "in_time"} <= r.keys()
     trained = [r for r in replies if "error" not in r]
     errors = [r for r in replies if "error" in r]
-    # refused on arrival, by its last round's measurements or by the trainer's calibration, whichever came first
-    assert {r["client"] for r in errors} == {1} and all(r["error"].startswith("timebudget client 1: ") for r in errors)
+    assert {r["client"] for r in errors} == {1} and all("nothing left to train" in r["error"] for r in errors)
     assert all(r["in_time"] and r["seconds"] <= 12.0 for r in errors)  # refused at once, not late
     for r in trained:
         assert r["client"] == 0 and r["cap_s"] == 12.0
@@ -406,7 +406,7 @@ def test_loopback_deployment_writes_rounds_and_leaves_no_process(tmp_path: Path)
     summary = json.loads((out / "summary.json").read_text())
     assert [c["client"] for c in summary["clients"]] == [0, 1] and summary["clients"][0]["speed"] == 0.5
     assert summary["clients"][1]["in_time"] == 0 and summary["clients"][1]["errors"]
-    assert "in time" in stdout and "the last: timebudget client 1: " in stdout
+    assert "in time" in stdout and "nothing left to train" in stdout
     assert summary["client_processes"] == "warm"  # the default: each ClientApp process forked by the warm executor
     assert "timebudget client 0 round 2" in (out / "logs" / "executor_0.log").read_text()
     assert summary["supernode_poll_s"] == 0.2  # each SuperNode through timebudget's entry point, its waits shortened
