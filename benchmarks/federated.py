@@ -2,9 +2,10 @@
 
 Both run the same real loopback deployment (``timebudget federated``: SuperLink, one SuperNode per client, the
 ServerApp on Flower's FedAvg with the round's cap as its timeout) with the same data, Dirichlet partitions, clients
-(one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains until its
-deadline (``timebudget.train`` for the cap less its measured reserve), its learning rate decaying to zero within
-each round or once across all rounds (``--lr-decay``); ``epochs`` trains one local epoch at a
+(one of them 4x slower), rounds and per-round cap. The only difference is the client: ``timebudget`` trains about 2
+local passes (``--max-local-passes``, ``passes=0``: until its deadline), never past its deadline (``timebudget.train``
+for the cap less its measured reserve), its learning rate decaying to zero within each round or once across all
+rounds (``--lr-decay``); ``epochs`` trains one local epoch at a
 constant learning rate, as Flower's quickstart does, however long it takes, and a reply later than the timeout is
 dropped. Variants are interleaved per cap and seed, so a change in the machine's load hits all of them.
 
@@ -15,8 +16,9 @@ reply or the timeout).
 
 Also per mode and cap: the median seconds from the server's send to a client's first line of code (Flower's delivery,
 the SuperNode's poll, the per-message ``flwr-clientapp`` process start-up) and the longest reply trip (from the
-client's return to the server's receipt), and, at the end, the lowest cap at which every timebudget reply came in
-time and the lowest at which every one also trained.
+client's return to the server's receipt), where a trained reply's round went (``STAGES``, from the timing stamps of
+the SuperNodes and warm executors), and, at the end, the caps at which every timebudget reply came in time and at
+which every one also trained.
 
 Smoke run: ``python benchmarks/federated.py --caps 15 --rounds 2``; the README table:
 ``OMP_NUM_THREADS=1 python benchmarks/federated.py --caps 8,15,30 --rounds 4 --seeds 0,1 --variants
@@ -98,8 +100,50 @@ def run_once(out: Path, variant: dict[str, str], cap: float, args: argparse.Name
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     summary["replies"] = [r for r in records if "node" in r]
+    summary["stages"] = stages(out, summary["replies"], any("reply_paths" in r for r in records))
     summary["outside_wall_s"] = time.perf_counter() - t0
     return summary
+
+
+def stamps(log: Path, prefix: str) -> list[float]:
+    """The wall-clock seconds of a log's lines that start with ``prefix`` (``timebudget.federated.supernode``'s and
+    ``.executor``'s timing stamps), in order."""
+    if not log.exists():
+        return []
+    return [float(line.rsplit(" ", 1)[1]) for line in log.read_text(errors="replace").splitlines()
+            if line.startswith(prefix)]
+
+
+# a round's stages, each from the previous stamp: the server's send, the SuperNode holding the message and its objects
+# (pulled from the SuperLink), the ClientApp process's start (forked by the warm executor), the process holding the
+# message (pulled from the SuperNode), its handler's first line (Flower's app install and load in between),
+# the first training step, the tail (final evaluation, checkpoint), the handler's return, the reply with the SuperNode
+# (pushed by the ClientApp process), the reply with the SuperLink (pushed by the SuperNode), the server's poll that
+# found it. The process can start before the SuperNode holds the objects (it then waits for them in its start-up).
+STAGES = ("node has it", "process start", "pulled", "start-up", "set-up", "training", "tail", "push", "node out",
+          "to server")
+
+
+def stages(out: Path, replies: list[dict], queried: bool) -> list[dict[str, float]]:
+    """Per trained reply, seconds from the server's send to each stamp (``STAGES``): from rounds.jsonl and the
+    timing stamps in the SuperNodes' and warm executors' logs (one message at a time per node, the query before round
+    1 first when the server sent one, so the k-th stamp of a node is its k-th message's)."""
+    found = []
+    for r in replies:
+        if "error" in r or "first_step_s" not in r or not r["in_time"]:
+            continue
+        k, logs = r["round"] - 1 + queried, out / "logs"
+        node_in = stamps(logs / f"supernode_{r['client']}.log", "timebudget supernode: message in at")
+        node_out = stamps(logs / f"supernode_{r['client']}.log", "timebudget supernode: reply out at")
+        pulled = stamps(logs / f"executor_{r['client']}.log", "timebudget executor: message pulled at")
+        pushed = stamps(logs / f"executor_{r['client']}.log", "timebudget executor: reply pushed at")
+        if min(len(node_in), len(node_out), len(pulled), len(pushed)) <= k:
+            continue
+        sent = r["sent_at"]
+        at = [node_in[k] - sent, r["delivery_s"], pulled[k] - sent, r["delivery_s"] + r["startup_s"], r["first_step_s"],
+              r["tail_start_s"], r["client_seconds"], pushed[k] - sent, node_out[k] - sent, r["seconds"]]
+        found.append(dict(zip(STAGES, at)))
+    return found
 
 
 def accuracy_at(summary: dict, second: float) -> float:
@@ -120,9 +164,14 @@ def main() -> None:
     parser.add_argument("--variants", default="timebudget,timebudget:federation,epochs",
                         help="comma-separated clients to compare, e.g. timebudget, timebudget:fresh, "
                         "timebudget:passes=5, epochs (see parse_variants)")
+    parser.add_argument("--at", default="", help="comma-separated seconds, one per cap, at which to compare the "
+                        "variants' accuracy (default: the earliest end among the variants)")
     args = parser.parse_args()
     variants = parse_variants(args.variants)
     caps = [float(c) for c in args.caps.split(",")]
+    at = [float(a) for a in args.at.split(",")] if args.at else []
+    if at and len(at) != len(caps):
+        raise SystemExit(f"--at has {len(at)} values for {len(caps)} caps")
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[tuple[float, str], list[dict]] = {}
     loads = [os.getloadavg()[0]]
@@ -144,8 +193,8 @@ def main() -> None:
           "trip s | median accuracy after each round (s since start) | acc. at the same second: median (per seed) | "
           "final acc.: median (per seed) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for cap in caps:
-        same_second = [min(results[(cap, label(v))][i]["rounds"][-1]["elapsed_s"] for v in variants)
+    for c, cap in enumerate(caps):
+        same_second = [at[c] if at else min(results[(cap, label(v))][i]["rounds"][-1]["elapsed_s"] for v in variants)
                        for i in range(len(seeds))]
         for variant in variants:
             name = label(variant)
@@ -178,6 +227,20 @@ def main() -> None:
                   f"{at_same:.3f} at {statistics.median(same_second):.0f} s "
                   f"({', '.join(f'{a:.3f}' for a in at_same_seeds)}) | "
                   f"{statistics.median(finals):.3f} ({', '.join(f'{a:.3f}' for a in finals)}) |")
+    print("\nWhere a trained in-time reply's round went: seconds from the server's send to each stage's end (median "
+          "and highest over the replies; see STAGES), then the reply's trip (handler's return to the server's poll) "
+          "and the reserve the client kept for it")
+    print("\n| cap s | client | replies | " + " | ".join(STAGES) + " | trip | reserve |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in STAGES) + " | --- | --- |")
+    for (cap, name), runs in results.items():
+        rows = [row for s in runs for row in s["stages"]]
+        if not rows:
+            continue
+        trips = [row["to server"] - row["tail"] for row in rows]
+        reserves = [r["reply_reserve"] for s in runs for r in s["replies"] if "reply_reserve" in r]
+        cells = [f"{statistics.median(row[k] for row in rows):.2f} ({max(row[k] for row in rows):.2f})" for k in STAGES]
+        print(f"| {cap:g} | {name} | {len(rows)} | {' | '.join(cells)} | {statistics.median(trips):.2f} "
+              f"({max(trips):.2f}) | {statistics.median(reserves):.2f} ({min(reserves):.2f}-{max(reserves):.2f}) |")
     for variant in variants:
         if variant["mode"] != "timebudget":
             continue

@@ -171,15 +171,45 @@ def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_val
     assert untouched.streak is None and untouched.inner.used is None
 
 
-def test_a_pass_cap_shortens_the_round_to_what_the_last_round_measured_for_those_passes() -> None:
-    last = {"setup_s": 1.0, "step_s": 0.01, "tail_s": 0.5, "pass_s": 0.5}
-    # 2 s in, 1 s of set-up, 3 passes of 0.5 s, the tail and the margin
-    assert local.pass_budget(last, 3.0, 2.0, 20.0, 0.1) == pytest.approx(2.0 + 1.0 + 1.5 + 0.5 + 0.1)
-    assert local.pass_budget(last, 0.0, 2.0, 20.0, 0.1) == 20.0  # no cap: the deadline's
-    assert local.pass_budget(None, 3.0, 2.0, 20.0, 0.1) == 20.0  # nothing measured yet (the first round)
-    assert local.pass_budget(last, 100.0, 2.0, 20.0, 0.1) == 20.0  # the passes do not fit: the deadline still holds
+def test_a_pass_cap_budgets_the_passes_from_the_last_rounds_pass_or_else_the_calibrated_step() -> None:
+    measured = {"elapsed_s": 2.0, "step_s": 0.01, "steps_per_pass": 10, "reserve_s": 0.5}
+    # 2 s in, 3 passes of the 0.5 s the last round measured, the tail with its margin
+    assert local.pass_cap(3.0, 0.5)(measured) == pytest.approx(2.0 + 1.5 + 0.5)
+    # a first round: 10 steps of 0.01 s a pass, from the calibration
+    assert local.pass_cap(3.0, None)(measured) == pytest.approx(2.0 + 3 * 0.1 + 0.5)
+    assert local.pass_cap(0.0, 0.5) is None  # no cap: train until the deadline
     summary = {"phase_starts": {"start-up": 0.0, "calibration": 0.5, "training": 1.0, "tail": 9.0}, "passes": 4.0}
     assert local.pass_seconds(summary) == 2.0 and local.pass_seconds({**summary, "passes": 0.0}) is None
+
+
+def test_the_budget_hook_ends_the_run_early_and_its_lr_decays_by_then(tmp_path: Path) -> None:
+    """A fake clock that moves 10 ms per step: a 20 s run would make dozens of passes; a hook asking for the
+    calibration's elapsed seconds, two passes of calibrated steps and the tail makes two, its learning rate at zero at
+    the end; a hook asking for more than the budget gets the budget."""
+    asked = []
+
+    def two_passes(measured):
+        asked.append(measured)
+        return measured["elapsed_s"] + 2 * measured["steps_per_pass"] * measured["step_s"] + measured["reserve_s"]
+
+    def run(seconds: float, out: str, budget) -> dict:
+        clock = FakeClock()
+
+        def timed(step):
+            def ten_ms(*args):
+                clock.advance(0.01)
+                return step(*args)
+
+            return ten_ms
+
+        config = Config(seconds=seconds, data="digits", out=str(tmp_path / out), quiet=True, lr_range_test=False)
+        return train(config, start=clock.t, now=clock, hooks=RunHooks(budget=budget, wrap_step=timed)).summary
+
+    s = run(20.0, "short", two_passes)
+    assert asked[0]["steps_per_pass"] == -(-s["n_train"] // 64) and asked[0]["step_s"] == pytest.approx(0.01)
+    assert s["budget_s"] < 20.0 and s["elapsed_s"] <= s["budget_s"]
+    assert 1.5 <= s["passes"] <= 2.1 and s["final_lr"] < 0.05 * s["lr_choice"]["lr"]  # decayed by then
+    assert run(3.0, "long", lambda measured: 1e9)["budget_s"] == 3.0
 
 
 def test_max_local_passes_is_checked() -> None:

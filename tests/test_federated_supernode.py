@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,13 +16,32 @@ from flwr.supernode import start_client_internal  # noqa: E402
 from timebudget.federated import supernode  # noqa: E402
 
 
-def test_a_capped_sleep_waits_at_most_the_poll_and_is_time_otherwise() -> None:
+def test_a_capped_sleep_shortens_the_waits_for_messages_to_the_poll_and_the_local_waits_further() -> None:
     asked: list[float] = []
-    capped = supernode.CappedSleep(0.2, sleep=asked.append)
-    capped.sleep(3)  # the SuperNode's wait between looks for messages
-    capped.sleep(0.05)
-    assert asked == [0.2, 0.05]
+    capped = supernode.CappedSleep(0.2, local=0.02, sleep=asked.append)
+    capped.sleep(3)  # the SuperNode's wait between asks to the SuperLink for a message
+    capped.sleep(0.5)  # its wait between looks in its own memory for the ClientApp's reply or its objects
+    capped.sleep(0.01)
+    assert asked == [0.2, 0.02, 0.01]
     assert capped.monotonic is time.monotonic and capped.time is time.time
+    asked.clear()
+    supernode.CappedSleep(0.01, local=0.02, sleep=asked.append).sleep(0.5)  # never longer than the poll
+    assert asked == [0.01]
+
+
+def test_the_supernode_stamps_each_message_in_and_each_reply_out(capsys: pytest.CaptureFixture[str]) -> None:
+    calls = []
+    loop = SimpleNamespace(_pull_and_store_message=lambda **kw: calls.append("pull") or kw.get("run"),
+                           _push_messages=lambda **kw: calls.append("push"))
+    assert supernode.stamp_messages(loop) is None
+    assert loop._pull_and_store_message(run=None) is None  # no message: no stamp
+    assert loop._pull_and_store_message(run=7) == 7
+    loop._push_messages()
+    assert calls == ["pull", "pull", "push"]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "message in at" in lines[0] and "reply out at" in lines[1]
+    assert abs(float(lines[1].rsplit(" ", 1)[1]) - time.time()) < 60
+    assert "no _pull_and_store_message" in supernode.stamp_messages(SimpleNamespace())
 
 
 @pytest.mark.parametrize("version, allowed", [("1.21.0", True), ("1.42.0", True), ("1.20.3", False),
@@ -37,7 +57,7 @@ def test_the_supernode_loop_sleeps_at_most_the_poll(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(start_client_internal, "time", time)  # restored after the test
     assert supernode.shorten_poll(0.1) is None
     assert isinstance(start_client_internal.time, supernode.CappedSleep)
-    assert start_client_internal.time.cap == 0.1
+    assert start_client_internal.time.poll == 0.1
     assert time.sleep is not start_client_internal.time.sleep  # no other module's time is touched
 
 

@@ -50,9 +50,11 @@ class RunHooks:
     the loop knowing why: ``subset`` maps the loaded bundle (e.g. to this client's partition), ``weights`` and
     ``scores`` are the state to start from instead of a fresh model and an empty score table, ``schedule`` replaces
     the configured learning-rate schedule (a multiplier of ``lr`` by window fraction), ``wrap_step`` wraps the
-    optimizer step (e.g. to slow it down on purpose), and ``strategy`` is called with the built strategy and the
-    device (e.g. to load its bookkeeping from an earlier run). Every field is optional; ``RunHooks()`` changes
-    nothing."""
+    optimizer step (e.g. to slow it down on purpose), ``strategy`` is called with the built strategy and the
+    device (e.g. to load its bookkeeping from an earlier run), and ``budget`` is called after calibration with what it
+    measured (``elapsed_s``, ``step_s``, ``steps_per_pass``, ``reserve_s``) and returns the run's seconds, at most the
+    configured ones (e.g. to stop after a number of passes: the learning rate then decays by then). Every field is
+    optional; ``RunHooks()`` changes nothing. Single-process runs only (not under torchrun)."""
 
     subset: Callable[[data.DataBundle], data.DataBundle] | None = None
     weights: dict[str, torch.Tensor] | None = None
@@ -60,6 +62,7 @@ class RunHooks:
     schedule: schedules.Schedule | None = None
     wrap_step: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None
     strategy: Callable[[strategies.Strategy, torch.device], None] | None = None
+    budget: Callable[[dict[str, float]], float] | None = None
 
 
 @dataclass
@@ -427,6 +430,11 @@ class _Run:
                 f"(the first {self.step_times[0]:.2f} s) and the final evaluation and checkpoint {clock.reserve_s:.2f} "
                 f"s; the minimum for this data and model here is about {math.ceil(minimum * 1.2)} s"
             )
+        if self.hooks.budget is not None:  # a shorter run, never shorter than the minimum just measured
+            seconds = self.hooks.budget({"elapsed_s": elapsed, "step_s": step_s, "reserve_s": clock.reserve_s,
+                                         "steps_per_pass": math.ceil(self.n / self.rank_batch)})
+            self.config = config = dataclasses.replace(config, seconds=min(config.seconds, max(minimum, seconds)))
+            clock.budget_s, clock.deadline = config.seconds, clock.start + config.seconds
         self.startup.mark("calibration")
 
     def choose_lr(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..clock import process_start_time
@@ -37,11 +37,36 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """The global weights' metrics on this client's share of the test split."""
-    from . import local  # torch: imported once the message is in hand
+    from . import local, wire  # torch: imported once the message is in hand
 
     run, node = RunSettings.from_run_config(context.run_config), NodeSettings.from_node_config(context.node_config)
-    metrics = local.local_metrics(msg.content["arrays"].to_torch_state_dict(), run, node)
+    metrics = local.local_metrics(wire.unpack(msg.content["arrays"], msg.content["config"]), run, node)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    return path_reply(msg, context)
+
+
+def path_reply(msg: Message, context: Context, now: Callable[[], float] = time.monotonic,
+               wall: Callable[[], float] = time.time, process_start: float | None = None) -> Message:
+    """The server's measure of the reply path before round 1 (``server.measure_reply_paths``): answer at once with
+    as many bytes as a round's reply (other values, so no hop can skip them as objects it already holds) and the
+    seconds used since the server's send, from which the server tells the reply's trip."""
+    import torch
+
+    from . import wire
+
+    config = msg.content["config"]
+    process_start = process_start_time(now) if process_start is None else process_start
+    start = budget_start(round_sent_at(config, msg.metadata.created_at), float(config["round-seconds"]),
+                         process_start, now, wall)
+    weights = wire.unpack(msg.content["arrays"], config)
+    arrays = wire.like({k: torch.rand_like(v.float()).to(v.dtype) for k, v in weights.items()}, msg.content["arrays"])
+    metrics = {"partition-id": float(context.node_config.get("partition-id", -1)), "client-seconds": now() - start,
+               "delivery-seconds": process_start - start}
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.monotonic,
@@ -64,17 +89,17 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
         reserve = reply_reserve(round_config, run.reply_reserve)
         if run.mode == "timebudget":  # a round it cannot fit is refused before paying for the torch import
             refuse_early(node_dir(run, node), entered - start, cap, reserve, server_round, before_import=True)
-        from . import local
+        from . import local, wire
 
         t0 = now()
-        weights = msg.content["arrays"].to_torch_state_dict()
-        ArrayRecord(weights)  # time one serialisation: the reply's own
+        weights = wire.unpack(msg.content["arrays"], round_config)
+        wire.like(weights, msg.content["arrays"])  # time one serialisation: the reply's own
         reply_s = (now() - t0) + reserve
         if run.mode == "epochs":
             result = local.fixed_epochs(weights, run, node, run.local_epochs, now)
         else:
             result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now, entered)
-        arrays = ArrayRecord(result.weights)
+        arrays = wire.like(result.weights, msg.content["arrays"])
         metrics = MetricRecord({**result.metrics, **startup, "cap-seconds": cap, "reply-reserve": reserve,
                                 "client-seconds": now() - start})
         print(f"timebudget client {node.partition_id} round {server_round}: delivered after "

@@ -29,8 +29,11 @@ import sys
 import time
 import traceback
 from types import FrameType
+from typing import Any
 
 READY = "timebudget executor: imports done"  # its log's first line, which the launcher waits for
+PULLED = "timebudget executor: message pulled at"
+PUSHED = "timebudget executor: reply pushed at"
 POLL_S = 0.05  # between AcquireTask calls; flower-superexec's default is 1 s (the launcher sets it to 0.1 s)
 
 
@@ -78,17 +81,38 @@ def _die_with_parent() -> None:
         pass
 
 
+def stamp_child(runtime: Any) -> None:
+    """Log the wall-clock seconds at which this ClientApp process holds its message (``pull_task_input``: the task,
+    the message and its objects, pulled from the SuperNode) and at which its reply is with the SuperNode
+    (``push_message``): with the SuperNode's and the server's stamps they split a round's delivery and reply trip
+    (``benchmarks/federated.py``)."""
+    for name, stamp in (("pull_task_input", PULLED), ("push_message", PUSHED)):
+        step = getattr(runtime, name, None)
+        if callable(step):
+            setattr(runtime, name, _stamped(step, stamp))
+
+
+def _stamped(step: Any, stamp: str) -> Any:
+    def stamped(*args: Any, **kwargs: Any) -> Any:
+        result = step(*args, **kwargs)
+        print(f"{stamp} {time.time():.3f}", flush=True)
+        return result
+
+    return stamped
+
+
 def run_child(address: str, token: str, parent: int) -> int:
     """In the forked child: Flower's ``flwr-clientapp`` for one task, with the imports already done. Returns the exit
     code (the caller leaves with ``os._exit``, so nothing the parent registered runs twice)."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+    from flwr.supernode.runtime import run_clientapp as runtime
 
+    stamp_child(runtime)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent()
     try:
-        run_clientapp(runtime_api_address=address, token=token, insecure=True, parent_pid=parent,
-                      runtime_dependency_install=False)
+        runtime.run_clientapp(runtime_api_address=address, token=token, insecure=True, parent_pid=parent,
+                              runtime_dependency_install=False)
         return 0
     except SystemExit as exc:  # flwr_exit ends the task this way
         return exc.code if isinstance(exc.code, int) else 0
@@ -108,7 +132,7 @@ def serve(address: str, poll_s: float = POLL_S) -> None:
 
     import torch
 
-    from . import client, local  # noqa: F401 - the point of this process: flwr, torch and timebudget imported once
+    from . import client, local, wire  # noqa: F401 - the point of this process: flwr, torch, timebudget imported once
     from .supernode import LOG_PREFIX, shorten_pull_backoff
 
     # a child forked at once asks for the round's arrays before its SuperNode has pulled them all from the SuperLink,

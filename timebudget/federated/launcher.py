@@ -29,7 +29,7 @@ from .. import artifacts
 from ..errors import TimebudgetError
 from . import executor, supernode
 from .partition import positive_number
-from .settings import REPLY_RESERVE_S, WEIGHTINGS, NodeSettings, RunSettings
+from .settings import MAX_LOCAL_PASSES, REPLY_RESERVE_S, WEIGHTINGS, NodeSettings, RunSettings
 
 CLIENT_PROCESSES = ("warm", "fresh")
 INSTALL_HINT = "timebudget federated needs Flower: pip install 'timebudget[federated]' (flwr>=1.21,<1.43)"
@@ -74,28 +74,31 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--data", default="digits", help="any --data of timebudget train (default digits)")
     f.add_argument("--data-dir", dest="data_dir", default="", metavar="DIR")
     f.add_argument("--model", default="", help="any --model of timebudget train (default from the data)")
-    f.add_argument("--strategy", default="full", help="sample selection on each client (default full)")
+    f.add_argument("--strategy", default="", help="sample selection on each client (default: timebudget train's)")
     f.add_argument("--partition", default="iid", help="iid (default) or dirichlet:ALPHA (label skew)")
     f.add_argument("--client-speed", dest="client_speed", default="",
                    help="comma-separated speed per client, e.g. 1,1,0.25 (0.25: four times slower); default all 1")
     f.add_argument("--client-caps", dest="client_caps", default="",
                    help="comma-separated cap in seconds per client, empty for none, e.g. 20,,10")
     f.add_argument("--mode", default="timebudget", choices=("timebudget", "epochs"),
-                   help="timebudget (default): train until the deadline; epochs: a fixed number of local epochs "
+                   help="timebudget (default): train until the deadline, or --max-local-passes passes if sooner; "
+                   "epochs: a fixed number of local epochs "
                    "(Flower's quickstart), for comparison")
     f.add_argument("--local-epochs", dest="local_epochs", type=int, default=1, help="epochs per round in epochs mode")
     f.add_argument("--lr-decay", dest="lr_decay", default="round", choices=("round", "federation"),
                    help="round (default): the learning rate decays to zero within each round; federation: one linear "
                    "decay across all rounds")
-    f.add_argument("--max-local-passes", dest="max_local_passes", type=float, default=0.0, metavar="N",
-                   help="timebudget mode: at most N passes over the client's data per round, so it answers early "
-                   "instead of drifting toward its own labels (default 0: train until the deadline)")
+    f.add_argument("--max-local-passes", dest="max_local_passes", type=float, default=MAX_LOCAL_PASSES, metavar="N",
+                   help="timebudget mode: at most about N passes over the client's data per round, so it answers early "
+                   f"instead of drifting toward its own labels (default {MAX_LOCAL_PASSES:g}; 0: train until the "
+                   "deadline)")
     f.add_argument("--weighting", default="work", choices=WEIGHTINGS,
                    help="FedAvg's weight of each reply (num-examples): work (default), the samples it trained this "
                    "round; data, the size of the client's shard, as in FedAvg's paper and Flower's quickstart")
     f.add_argument("--reply-reserve", dest="reply_reserve", type=float, default=REPLY_RESERVE_S, metavar="SECONDS",
-                   help="seconds each client keeps for its reply's trip to the server in the first round, before the "
-                   f"server has measured that trip (default {REPLY_RESERVE_S:g})")
+                   help="seconds each client keeps for its reply's trip to the server when the server has measured no "
+                   "trip yet (the ServerApp measures it before round 1; this is for when that query found no "
+                   f"client; default {REPLY_RESERVE_S:g})")
     f.add_argument("--client-processes", dest="client_processes", default="warm", choices=CLIENT_PROCESSES,
                    help="warm (default): each SuperNode in --isolation process with timebudget's executor, which forks "
                    "every ClientApp process from one that imported flwr, torch and timebudget once; fresh: Flower's "

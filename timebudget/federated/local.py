@@ -123,13 +123,13 @@ class StrategyCarry:
 
 
 def train_config(run: RunSettings, seconds: float, out: Path) -> config_module.Config:
-    """The client's :class:`~timebudget.config.Config` for one round: the run's data, model, strategy and overrides."""
+    """The client's :class:`~timebudget.config.Config` for one round: the run's data, model, strategy (the trainer's
+    default unless the run names one) and overrides."""
     values: dict[str, Any] = dict(config_module.parse_override(item) for item in run.overrides.split())
-    values.update(seconds=seconds, data=run.data, strategy=run.strategy, seed=run.seed, quiet=True, out=str(out))
-    if run.data_dir:
-        values["data_dir"] = run.data_dir
-    if run.model:
-        values["model"] = run.model
+    values.update(seconds=seconds, data=run.data, seed=run.seed, quiet=True, out=str(out))
+    for key in ("strategy", "data_dir", "model"):
+        if getattr(run, key):
+            values[key] = getattr(run, key)
     return config_module.apply(values, source="run config")
 
 
@@ -137,22 +137,21 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
                 cap_s: float, start: float, reply_s: float, now: Callable[[], float] = time.monotonic,
                 entered: float | None = None) -> RoundResult:
     """Train ``weights`` on this client's partition with :func:`timebudget.train` until ``start + cap_s - reply_s``
-    (``reply_s``: what sending the reply costs, so it reaches the server by ``start + cap_s``), from the score table
-    of the client's previous round. Raises :class:`BudgetTooSmall` when the cap cannot hold the start-up, one step,
-    the tail and the reply. ``entered``: when the handler was entered, to measure what it costs before training."""
-    seconds = cap_s - reply_s
+    (``reply_s``: what sending the reply costs, so it reaches the server by ``start + cap_s``), or after about
+    ``run.max_local_passes`` passes (:func:`pass_cap`), from the score table of the client's previous round. Raises
+    :class:`BudgetTooSmall` when the cap cannot hold the start-up, one step, the tail and the reply. ``entered``: when
+    the handler was entered, to measure what it costs before training."""
     folder = node_dir(run, node)
     refuse_early(folder, now() - start, cap_s, reply_s, server_round)
-    out = folder / f"round_{server_round:03d}"
+    last = last_setup(folder)
     carried = StrategyCarry(previous(folder, server_round, STRATEGY_FILE))
+    config = train_config(run, cap_s - reply_s, folder / f"round_{server_round:03d}")
     hooks = RunHooks(subset=lambda b: client_bundle(b, run, node), weights=weights,
                      scores=previous(folder, server_round, "scores.pt"),
                      schedule=round_schedule(server_round, run.rounds, run.lr_decay), wrap_step=slowed(node.speed),
-                     strategy=carried)
-    config = train_config(run, seconds, out)
+                     strategy=carried,
+                     budget=pass_cap(run.max_local_passes, last.get("pass_s") if last else None))
     called = now()
-    config = dataclasses.replace(config, seconds=pass_budget(last_setup(folder), run.max_local_passes,
-                                                             called - start, seconds, config.margin))
     result = train(config, start=start, now=now, hooks=hooks)
     carried.save(result.out_dir)
     s = result.summary
@@ -166,7 +165,8 @@ def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSe
         {"samples": float(s["samples_trained"]), "train-seconds": float(s["elapsed_s"]),
          "loss": last_loss(result.out_dir), "partition-id": float(node.partition_id),
          "num-examples": float(s["samples_trained"] if run.weighting == "work" else s["n_train"]),
-         "passes": float(s["passes"])},
+         "passes": float(s["passes"]), "first-step-seconds": float(s["startup_s"]),
+         "tail-start-seconds": float(s["phase_starts"]["tail"])},
     )
 
 
@@ -177,15 +177,21 @@ def pass_seconds(summary: dict[str, Any]) -> float | None:
     return (phases["tail"] - phases["training"]) / summary["passes"] if summary["passes"] > 0 else None
 
 
-def pass_budget(last: dict[str, Any] | None, passes: float, elapsed: float, seconds: float, margin: float) -> float:
-    """The seconds (counted like ``seconds``, from the round's start) a round may use when it is to train at most
-    ``passes`` passes over the client's data: from ``elapsed``, what the client's last round measured for its set-up,
-    its seconds per pass and its tail. The run's learning rate then decays to zero by those passes and the client
-    answers early. ``seconds`` (the deadline's) when there is no cap, nothing measured yet (the first round) or the
-    passes do not fit before the deadline."""
-    if not passes or last is None or not last.get("pass_s"):
-        return seconds
-    return min(seconds, elapsed + last["setup_s"] + passes * last["pass_s"] + last["tail_s"] + margin)
+def pass_cap(passes: float, last_pass_s: float | None) -> Callable[[dict[str, float]], float] | None:
+    """The trainer's ``budget`` hook for a client that trains at most about ``passes`` passes over its data a round
+    (``None``: no cap, train until the deadline). After calibration the run's seconds become what is already spent,
+    the passes and the tail (with its margin); a pass takes what the client's last round measured (``last_pass_s``: its
+    steps and the loop's own costs), or in its first round ``steps_per_pass`` times the calibrated step (the loop's
+    own per-pass work not counted: a first round's count is rougher). The learning rate then decays to zero by those
+    passes, the client answers early, and the deadline still bounds the round."""
+    if not passes:
+        return None
+
+    def budget(measured: dict[str, float]) -> float:
+        pass_s = last_pass_s or measured["steps_per_pass"] * measured["step_s"]
+        return measured["elapsed_s"] + passes * pass_s + measured["reserve_s"]
+
+    return budget
 
 
 def last_loss(run_dir: Path) -> float:

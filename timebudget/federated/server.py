@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from .. import artifacts, data, models
 from ..batches import Batches
 from ..trainer import evaluate, resolve_defaults
+from . import wire
 from .local import train_config
 from .settings import DEADLINE_KEY, REPLY_PATH_KEY, RunSettings, error_client
 from .supernode import shorten_pull_backoff
 
 POLL_S = 0.1
+PING_TIMEOUT_S = 10.0  # the longest the server waits for the replies that measure the reply path before round 1
 
 app = ServerApp()
 
@@ -57,18 +59,26 @@ class RoundLog:
 
 
 class DeadlineFedAvg(FedAvg):
-    """Flower's FedAvg, whose round config also tells the clients how long replies took to reach the server after a
-    ClientApp returned: the longest trip seen from any node, so each client reserves a measured return path."""
+    """Flower's FedAvg on packed weights (:mod:`.wire`; ``layout`` goes into every round's config), whose round config
+    also tells the clients how long replies took to reach the server after a ClientApp returned: the longest trip seen
+    from any node (measured before round 1 by :func:`measure_reply_paths`, then in every round), so each client
+    reserves a measured return path."""
 
-    def __init__(self, log: RoundLog, **kwargs: Any) -> None:
+    def __init__(self, log: RoundLog, layout: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.log = log
+        self.log, self.layout = log, layout
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
+        config.update(self.layout)
         if self.log.reply_paths:
             config[REPLY_PATH_KEY] = max(self.log.reply_paths.values())
         return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                           ) -> Iterable[Message]:
+        config.update(self.layout)
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
 
 class TimedGrid(Grid):
@@ -104,9 +114,10 @@ class TimedGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         self._collect_late()
         messages = list(messages)
-        training = bool(messages) and messages[0].metadata.message_type == MessageType.TRAIN
+        kind = messages[0].metadata.message_type if messages else None
+        training = kind == MessageType.TRAIN
         sent_wall, sent = time.time(), time.monotonic()
-        if training and timeout is not None:
+        if kind in (MessageType.TRAIN, MessageType.QUERY) and timeout is not None:
             for msg in messages:
                 msg.content["config"][DEADLINE_KEY] = sent_wall + timeout
         ids = list(self.grid.push_messages(messages))
@@ -126,7 +137,7 @@ class TimedGrid(Grid):
             for msg_id, msg in zip(ids, messages):
                 record: dict[str, Any] = {"round": int(msg.content["config"]["server-round"]), "client": None,
                                           "node": msg.metadata.dst_node_id, "cap_s": timeout, "seconds": None,
-                                          "samples": None, "in_time": False}
+                                          "samples": None, "in_time": False, "sent_at": round(sent_wall, 3)}
                 if msg_id in by_id:
                     self._describe(record, by_id[msg_id], arrived[msg_id], arrived[msg_id])
                     record["in_time"] = timeout is None or arrived[msg_id] <= timeout
@@ -134,6 +145,16 @@ class TimedGrid(Grid):
                     self.late[msg_id] = (record, sent, timeout if timeout is not None else 0.0)
                 record["client"] = self.log.clients.get(record["node"])
                 self.log.add(record)
+        elif kind == MessageType.QUERY:  # measure_reply_paths: each reply's trip, before round 1
+            paths = {}
+            for reply in replies:
+                if not reply.has_error():
+                    node, metrics = reply.metadata.src_node_id, reply.content["metrics"]
+                    self.log.clients[node] = int(metrics["partition-id"])
+                    paths[node] = max(0.0, arrived[reply.metadata.reply_to_message_id] - metrics["client-seconds"])
+                    self.log.reply_paths[node] = max(paths[node], self.log.reply_paths.get(node, 0.0))
+            self.log.add({"round": 0, "reply_paths": {str(self.log.clients[n]): round(p, 3) for n, p in paths.items()},
+                          "replies": len(replies), "sent": len(messages)})
         return replies
 
     def _collect_late(self) -> None:
@@ -167,6 +188,25 @@ class TimedGrid(Grid):
                       reply_reserve=round(metrics.get("reply-reserve", float("nan")), 3),
                       delivery_s=round(metrics["delivery-seconds"], 3), startup_s=round(metrics["startup-seconds"], 3),
                       passes=round(metrics.get("passes", float("nan")), 2))
+        for key in ("first-step-seconds", "tail-start-seconds"):  # timebudget clients: where the round went
+            if key in metrics:
+                record[key.removesuffix("-seconds").replace("-", "_") + "_s"] = round(metrics[key], 3)
+
+
+def measure_reply_paths(grid: TimedGrid, arrays: ArrayRecord, layout: dict[str, Any], clients: int,
+                        timeout: float, wait_s: float = 60.0) -> None:
+    """Before round 1, send every node a query with the model's weights, which the client answers at once with as
+    many bytes (``client.query``); the reply's trip (from the client's return to the server's receipt) is then
+    measured, as in every round, and round 1's clients reserve it instead of the run's guess (``reply-reserve``).
+    Waits up to ``wait_s`` for ``clients`` nodes to connect, as FedAvg does; nodes that do not answer within
+    ``timeout`` are left out (the longest trip of any node is what the clients reserve)."""
+    deadline = time.monotonic() + wait_s
+    while len(nodes := list(grid.get_node_ids())) < clients and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 0, "round-seconds": timeout,
+                                                                    **layout})})
+    grid.send_and_receive([Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes],
+                          timeout=timeout)
 
 
 @app.main()
@@ -185,21 +225,26 @@ def main(grid: Grid, context: Context) -> None:
     model = models.build(cfg.model, bundle.input_shape, bundle.num_outputs, bundle.kind)
     test = Batches(bundle.test, torch.device("cpu"), bundle.input_shape)
 
+    layout = wire.layout(model.state_dict())
+
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(wire.unpack(arrays, layout))
         metrics = evaluate(model, test, bundle, 256)
         log.add({"round": server_round, "test_metrics": metrics, "elapsed_s": round(time.monotonic() - started, 3)})
         return MetricRecord(metrics)
 
-    strategy = DeadlineFedAvg(log, fraction_train=1.0, fraction_evaluate=run.fraction_evaluate,
+    strategy = DeadlineFedAvg(log, layout, fraction_train=1.0, fraction_evaluate=run.fraction_evaluate,
                               min_train_nodes=run.clients, min_available_nodes=run.clients,
                               min_evaluate_nodes=run.clients if run.fraction_evaluate else 0)
+    timed, initial = TimedGrid(grid, log), wire.pack(model.state_dict())
     try:
+        if run.mode == "timebudget":
+            measure_reply_paths(timed, initial, layout, run.clients, min(run.round_seconds, PING_TIMEOUT_S))
         result = strategy.start(
-            grid=TimedGrid(grid, log), initial_arrays=ArrayRecord(model.state_dict()),
+            grid=timed, initial_arrays=initial,
             train_config=ConfigRecord({"round-seconds": run.round_seconds}), num_rounds=run.rounds,
             timeout=run.round_seconds, evaluate_fn=central,
         )
-        artifacts.save_torch(out / "global_model.pt", result.arrays.to_torch_state_dict())
+        artifacts.save_torch(out / "global_model.pt", wire.unpack(result.arrays, layout))
     finally:
         log.close()

@@ -40,8 +40,10 @@ DEADLINE_KEY = "deadline"
 # the server polls every 0.1 s (``server.TimedGrid``): 0.35 to 0.5 s measured on loopback at load 1 on 2 cores, up
 # to 2.8 s at load 14 when three clients replied at once. From the second round on, the server sends the longest trip
 # it measured from any node (``REPLY_PATH_KEY`` in the round's config) and the client reserves ``REPLY_SAFETY`` times
-# that plus ``REPLY_JITTER_S`` (the SuperNode's poll, which the measured trip may have caught at once); before any
-# measurement, the run's ``reply-reserve`` (``REPLY_RESERVE_S`` unless set). Any node's, not each node's own: under
+# that plus ``REPLY_JITTER_S`` (the SuperNode's poll, which the measured trip may have caught at once). timebudget's
+# ServerApp measures the trip before round 1 too (``server.measure_reply_paths``: a query the clients answer at once
+# with as many bytes as a round's reply); a message without a measured trip (another ServerApp) gets the run's
+# ``reply-reserve`` (``REPLY_RESERVE_S`` unless set). Any node's, not each node's own: under
 # load the trips have a heavy tail (0.2 to 1.9 s at load 7 on 2 cores, median 0.45 s), and one node's first trip or
 # two (0.46 s) let its next one (1.31 s) come late; a fleet with one slow link reserves for it everywhere, which costs
 # the others that much training and no replies.
@@ -49,6 +51,7 @@ REPLY_PATH_KEY = "reply-path-seconds"
 REPLY_RESERVE_S = 2.0
 REPLY_SAFETY = 1.5
 REPLY_JITTER_S = 0.5
+MAX_LOCAL_PASSES = 2.0
 ERROR_PREFIX = "timebudget client "  # an error reply's reason: "timebudget client K: why", K its partition id
 SETUP_FILE = "setup.json"  # a client's last measured costs before training, to refuse a round it cannot fit at once
 
@@ -64,7 +67,7 @@ class RunSettings:
     data: str = "digits"
     data_dir: str = ""
     model: str = ""
-    strategy: str = "full"
+    strategy: str = ""  # empty: the trainer's default (timebudget.Config.strategy)
     partition: str = "iid"
     seed: int = 0
     mode: str = "timebudget"  # "epochs": Flower's quickstart client, a fixed number of local epochs
@@ -72,10 +75,12 @@ class RunSettings:
     lr_decay: str = "round"  # "federation": one linear decay across all rounds
     reply_reserve: float = REPLY_RESERVE_S
     fraction_evaluate: float = 0.0
-    # at most this many passes over the client's shard per round (0: none, train until the deadline): many local passes
-    # on a small label-skewed shard pull a client's weights toward its own labels, and FedAvg's mean of such clients
-    # loses accuracy (client drift)
-    max_local_passes: float = 0.0
+    # at most about this many passes over the client's shard per round (0: none, train until the deadline): many local
+    # passes on a small label-skewed shard pull a client's weights toward its own labels, and FedAvg's mean of such
+    # clients loses accuracy (client drift; at a 30 s cap 360-680 passes a round took the global accuracy from 0.981 to
+    # 0.911). 2: on the development seeds (10, 11; benchmarks/README.md, session 9) 1, 2, 3 and 5 passes tied at 29 s
+    # (0.985-0.986), and 2 reached 0.988 first
+    max_local_passes: float = MAX_LOCAL_PASSES
     weighting: str = "work"  # see WEIGHTINGS
     overrides: str = ""  # extra ``key=value`` config fields for every client's run, separated by spaces
 

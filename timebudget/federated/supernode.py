@@ -23,23 +23,27 @@ from typing import Any
 
 FLWR_RANGE = ((1, 21), (1, 43))  # the project's flwr>=1.21,<1.43
 POLL_S = 0.2
-PULL_BACKOFF_S = (0.05, 0.5)  # the object pulls' first back-off and its cap; flwr 1.42: 1 s and 10 s
+LOCAL_WAIT_S = 0.02  # between a SuperNode's looks in its own memory (no request): flwr 1.42 waits 0.5 s
+PULL_BACKOFF_S = (0.02, 0.1)  # the object pulls' first back-off and its cap (loopback); flwr 1.42: 1 s and 10 s
 LOG_PREFIX = "timebudget supernode:"
 
 
 class CappedSleep(types.ModuleType):
     """The ``time`` module as one module of Flower's sees it: every attribute is ``time``'s, except ``sleep``, which
-    sleeps at most ``cap`` seconds (the module's loops look again at once, so only the wait between looks shrinks)."""
+    sleeps at most ``poll`` seconds where Flower sleeps a second or more (flwr 1.42: 3 s between its asks to the
+    SuperLink for a message, a network request each time) and at most ``local`` seconds where it sleeps less (0.5 s
+    between its looks in its own memory for the ClientApp's reply and for the reply's objects, which cost no request).
+    The module's loops look again at once, so only the waits between looks shrink."""
 
-    def __init__(self, cap: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, poll: float, local: float = LOCAL_WAIT_S, sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__("time")
-        self.cap, self._sleep = cap, sleep
+        self.poll, self.local, self._sleep = poll, local, sleep
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        self._sleep(min(seconds, self.cap))
+        self._sleep(min(seconds, self.poll if seconds >= 1.0 else min(self.local, self.poll)))
 
 
 def version_supported(version: str) -> str | None:
@@ -89,6 +93,29 @@ def shorten_poll(poll_s: float) -> str | None:
     return None
 
 
+def stamp_messages(loop: Any) -> str | None:
+    """Log the wall-clock second at which each message is in this SuperNode with its objects (``message in``) and at
+    which its reply has gone to the SuperLink (``reply out``): one message is in flight at a time, so the k-th of each
+    belongs to the k-th message, and with the server's and the ClientApp's own stamps they split a round's delivery
+    and reply trip (``benchmarks/federated.py``). Returns why it could not (``None``: done)."""
+    pull, push = getattr(loop, "_pull_and_store_message", None), getattr(loop, "_push_messages", None)
+    if not (callable(pull) and callable(push)):
+        return "flwr.supernode.start_client_internal has no _pull_and_store_message/_push_messages"
+
+    def pulled(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            print(f"{LOG_PREFIX} message in at {time.time():.3f}", flush=True)
+        return run_id
+
+    def pushed(*args: Any, **kwargs: Any) -> None:
+        push(*args, **kwargs)
+        print(f"{LOG_PREFIX} reply out at {time.time():.3f}", flush=True)
+
+    loop._pull_and_store_message, loop._push_messages = pulled, pushed
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m timebudget.federated.supernode", add_help=False,
                                      description=__doc__.split("\n")[0])
@@ -99,7 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     why = shorten_poll(args.poll_seconds)
     why_pull = shorten_pull_backoff()
     if why is None:
-        print(f"{LOG_PREFIX} looks for messages and replies every {args.poll_seconds:g} s", flush=True)
+        from flwr.supernode import start_client_internal
+
+        why_stamps = stamp_messages(start_client_internal)
+        print(f"{LOG_PREFIX} looks for messages every {args.poll_seconds:g} s and for replies every "
+              f"{min(LOCAL_WAIT_S, args.poll_seconds):g} s"
+              + (f"; no timing stamps: {why_stamps}" if why_stamps else ""), flush=True)
     else:
         print(f"{LOG_PREFIX} Flower's own waits (3 s between looks for messages): {why}", flush=True)
     if why_pull is not None:
