@@ -122,6 +122,12 @@ class BudgetClock:
     def window_end(self) -> float:
         return self.deadline - self.reserve_s
 
+    def shorten(self, budget_s: float) -> None:
+        """Lower the budget to ``budget_s`` (counted from the same start; never raised): the deadline, the window and
+        the progress that the learning rate follows all end sooner."""
+        self.budget_s = min(self.budget_s, float(budget_s))
+        self.deadline = self.start + self.budget_s
+
     def elapsed(self) -> float:
         return self.now() - self.start
 

@@ -433,8 +433,8 @@ class _Run:
         if self.hooks.budget is not None:  # a shorter run, never shorter than the minimum just measured
             seconds = self.hooks.budget({"elapsed_s": elapsed, "step_s": step_s, "reserve_s": clock.reserve_s,
                                          "steps_per_pass": math.ceil(self.n / self.rank_batch)})
-            self.config = config = dataclasses.replace(config, seconds=min(config.seconds, max(minimum, seconds)))
-            clock.budget_s, clock.deadline = config.seconds, clock.start + config.seconds
+            clock.shorten(max(minimum, seconds))
+            self.config = config = dataclasses.replace(config, seconds=clock.budget_s)
         self.startup.mark("calibration")
 
     def choose_lr(self) -> None:
