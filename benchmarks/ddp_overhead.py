@@ -34,14 +34,14 @@ REPO = Path(__file__).resolve().parent.parent
 FORMS = ("exact", "exact + vote", "no communication")
 
 
-def worker(batch: int, steps: int, blocks: int) -> None:
+def worker(batch: int, steps: int, blocks: int, memory_format: str) -> None:
     """One torchrun worker: times ``steps`` steps per form and block, prints one JSON line (rank 0 only)."""
     import torch
     from torch import nn
 
-    from timebudget import distributed
+    from timebudget import accel, distributed
     from timebudget.clock import BudgetClock
-    from timebudget.models import cnn
+    from timebudget.models import FASTER_NHWC_ON_CPU, cnn
 
     torch.set_num_threads(1)
     budget_s = 3600.0
@@ -50,6 +50,7 @@ def worker(batch: int, steps: int, blocks: int) -> None:
     world.agree_plan(torch.arange(4), None, None)  # the first agreement carries rank 0's progress
     g = torch.Generator().manual_seed(world.rank)
     x, y = torch.randn(batch, 3, 16, 16, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    cpu = torch.device("cpu")
 
     def local_gradient(_state, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations here
         done = torch.futures.Future()
@@ -60,7 +61,10 @@ def worker(batch: int, steps: int, blocks: int) -> None:
     modules = {}
     for form in forms:
         torch.manual_seed(0)
-        module = world.wrap(cnn((3, 16, 16), 10))
+        model = cnn((3, 16, 16), 10)
+        fmt = accel.memory_format(model, memory_format, True, cpu, "cnn" in FASTER_NHWC_ON_CPU)
+        x = x.contiguous(memory_format=fmt)
+        module = world.wrap(model)
         if form == "no communication":
             module.register_comm_hook(None, local_gradient)
         modules[form] = (module, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
@@ -95,7 +99,8 @@ def launch(procs: int, args: argparse.Namespace) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), __file__,
-           "--worker", "--batch", str(args.batch), "--steps", str(args.steps), "--blocks", str(args.blocks)]
+           "--worker", "--batch", str(args.batch), "--steps", str(args.steps), "--blocks", str(args.blocks),
+           "--channels-last", args.channels_last]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -113,15 +118,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps per form and block (default 40)")
     parser.add_argument("--blocks", type=int, default=4, help="blocks per worker, forms interleaved (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three launches (default 3)")
+    parser.add_argument("--channels-last", choices=("auto", "true", "false"), default="auto",
+                        help="the model's memory format, as the trainer's setting (default auto: NHWC for the cnn)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.batch, args.steps, args.blocks)
+        worker(args.batch, args.steps, args.blocks, args.channels_last)
         return
     rows: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
     print(f"ddp_overhead: {args.rounds} rounds, {args.batch} samples per rank, {args.steps} steps x {args.blocks} "
-          f"blocks per form; load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"blocks per form, channels_last {args.channels_last}; load average {os.getloadavg()[0]:.2f}", flush=True)
     for r in range(args.rounds):
         one = result(launch(1, args))["exact"]
         two = result(launch(2, args))

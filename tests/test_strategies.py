@@ -21,7 +21,7 @@ from timebudget.config import Config
 from timebudget.errors import TimebudgetError
 from timebudget.scores import ScoreTable
 from timebudget.strategies import STRATEGIES, EpochContext, EpochPlan, Strategy, build, noisy
-from timebudget.strategies import importance
+from timebudget.strategies import importance, infobatch
 from timebudget.strategies.base import MIN_FRACTION, RERANKS, budget_fraction
 from timebudget.strategies.selective import REFRESH_SHARE, STALE_EPOCHS
 from timebudget.strategies import selective_backprop
@@ -103,6 +103,16 @@ def test_infobatch_prunes_only_below_mean_and_reweights_the_kept_ones() -> None:
         assert torch.allclose(plan.weights[below & kept], torch.tensor(2.0))  # 1 / (1 - r), r = 0.5
         counts += kept
     assert counts[below].mean() / 400 == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("passes, prunes", [(infobatch.MIN_PASSES * 0.9, False), (infobatch.MIN_PASSES * 1.1, True)])
+def test_infobatch_trains_all_data_when_the_window_affords_few_passes(passes: float, prunes: bool) -> None:
+    """At progress 0.5 the rest of the window affords ``passes / 2`` passes: the whole window ``passes``."""
+    ctx = context(table(ranked_losses()), progress=0.5, affordable=passes / 2 * N)
+    assert infobatch.planned_passes(ctx) == pytest.approx(passes)
+    plan = strategy("infobatch", filter_noisy=False).plan(ctx)
+    assert plan.phase == "select" and (plan.mask is not None) == prunes and (plan.weights is not None) == prunes
+    assert infobatch.planned_passes(context(table(ranked_losses()))) == math.inf  # throughput unknown: paper's rule
 
 
 @pytest.mark.parametrize("name", ["infobatch", "selective"])

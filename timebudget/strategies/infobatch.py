@@ -9,9 +9,18 @@ paper, the pruned count is exact rather than a coin flip per sample, and adjuste
 full-data phase is placed by time, not by epoch count. When it helps: many epochs over data where most samples are
 learnt early; the realised saving depends on the loss distribution, not on ``r`` alone. Knobs: ``keep_fraction``
 (sets ``r = 1 - keep_fraction``; default ``r = 0.5``, the paper's), ``anneal`` (the paper's 12.5% by default).
+
+Short budgets train all data: an epoch is pruned only when the window affords at least ``MIN_PASSES`` passes in all
+(the throughput so far times the window, from :class:`EpochContext`'s ``affordable`` and ``progress``). Pruning pays
+by repeating the samples still being learnt more often; in a run of a few passes there is little to repeat, and the
+rescaled losses only add variance. In the three reported ``benchmarks/budget_accuracy.py`` tables of sessions 7-9,
+InfoBatch's few-pass cell (2-5 passes realised) was below ``full`` on 4, 6 and 5 of the 6 classification sets (median
+of the 18 cells -0.5 point), while at 10 passes it was level or ahead. The constant was set on the development sets
+(see ``MIN_PASSES``'s comment); the table that reports it uses training seeds none of those tables used.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,6 +31,10 @@ if TYPE_CHECKING:
     from ..config import Config
 
 DEFAULT_PRUNE = 0.5
+# Development sets only (``budget_accuracy.py --data-seed 100 --seeds 100 101 102``, the six classification sets),
+# InfoBatch minus ``full``, mean over sets: -0.53 point at 5 passes realised, -0.39 at 6, +0.04 at 8, and +0.57 at 10
+# (session 8's development table): pruning breaks even at about 8 passes.
+MIN_PASSES = 8.0
 
 
 class InfoBatch(ScoredStrategy):
@@ -33,6 +46,8 @@ class InfoBatch(ScoredStrategy):
         self.prune = 1.0 - config.keep_fraction if config.keep_fraction is not None else DEFAULT_PRUNE
 
     def select(self, ctx: EpochContext) -> EpochPlan:
+        if planned_passes(ctx) < MIN_PASSES:
+            return EpochPlan(phase="select")
         last, seen, n = ctx.scores.last, ctx.scores.seen, ctx.scores.n
         mean = (last * seen).sum() / seen.sum().clamp_min(1)
         below = seen & (last < mean)
@@ -43,3 +58,11 @@ class InfoBatch(ScoredStrategy):
         pruned = top_mask(uniform(ctx).masked_fill(~below, -1.0), drop)
         weights = torch.ones_like(last).masked_fill(below & ~pruned, candidates / (candidates - drop))
         return EpochPlan(mask=(~pruned).cpu(), weights=weights, phase="select")
+
+
+def planned_passes(ctx: EpochContext) -> float:
+    """Passes over the data the whole window affords at the throughput so far: ``affordable`` samples fit in the
+    remaining ``1 - progress`` of it. Infinite while the throughput is unknown (nothing is decided from it then)."""
+    if ctx.affordable is None or ctx.progress >= 1.0:
+        return math.inf
+    return ctx.affordable / ((1.0 - ctx.progress) * ctx.scores.n)
