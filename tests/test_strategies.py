@@ -105,13 +105,15 @@ def test_infobatch_prunes_only_below_mean_and_reweights_the_kept_ones() -> None:
     assert counts[below].mean() / 400 == pytest.approx(0.5, abs=0.05)
 
 
-@pytest.mark.parametrize("passes, prunes", [(infobatch.MIN_PASSES * 0.9, False), (infobatch.MIN_PASSES * 1.1, True)])
+@pytest.mark.parametrize("passes, prunes", [(7.2, False), (8.8, True), (0.5, False)])
 def test_infobatch_trains_all_data_when_the_window_affords_few_passes(passes: float, prunes: bool) -> None:
-    """At progress 0.5 the rest of the window affords ``passes / 2`` passes: the whole window ``passes``."""
+    """At progress 0.5 the rest of the window affords ``passes / 2`` passes: the whole window ``passes``. The
+    default threshold is 8 passes; 0 prunes at any budget, as the paper."""
     ctx = context(table(ranked_losses()), progress=0.5, affordable=passes / 2 * N)
     assert infobatch.planned_passes(ctx) == pytest.approx(passes)
     plan = strategy("infobatch", filter_noisy=False).plan(ctx)
     assert plan.phase == "select" and (plan.mask is not None) == prunes and (plan.weights is not None) == prunes
+    assert strategy("infobatch", filter_noisy=False, prune_min_passes=0).plan(ctx).mask is not None
     assert infobatch.planned_passes(context(table(ranked_losses()))) == math.inf  # throughput unknown: paper's rule
 
 
