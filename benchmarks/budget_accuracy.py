@@ -68,8 +68,8 @@ from timebudget.errors import BudgetTooSmall  # noqa: E402
 from timebudget.trainer import train  # noqa: E402
 
 # name -> Config overrides. The references and the other methods run with the noise filter off; "default" is Config()'s
-# (infobatch under the automatic filter, pruning only where the window affords 8 passes); "infobatch" prunes at any
-# budget, as the paper.
+# (infobatch under the automatic filter, pruning classification only where the window affords 8 passes); "infobatch"
+# prunes at any budget, as the paper.
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {"strategy": "full", "filter_noisy": "false"},
     "random": {"strategy": "random", "filter_noisy": "false"},

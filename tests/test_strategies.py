@@ -114,6 +114,8 @@ def test_infobatch_trains_all_data_when_the_window_affords_few_passes(passes: fl
     plan = strategy("infobatch", filter_noisy=False).plan(ctx)
     assert plan.phase == "select" and (plan.mask is not None) == prunes and (plan.weights is not None) == prunes
     assert strategy("infobatch", filter_noisy=False, prune_min_passes=0).plan(ctx).mask is not None
+    regression = build(Config(seconds=100, strategy="infobatch"), "regression")  # keeps the paper's rule
+    assert regression.plan(ctx).mask is not None
     assert infobatch.planned_passes(context(table(ranked_losses()))) == math.inf  # throughput unknown: paper's rule
 
 

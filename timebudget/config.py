@@ -55,9 +55,9 @@ class Config:
     keep_fraction: float | None = None
     select_warmup: float = 0.1
     anneal: float = 0.125
-    # infobatch prunes only when the window affords this many passes (0: always). On the development sets only
-    # (budget_accuracy.py --data-seed 100 --seeds 100 101 102, six classification sets), InfoBatch minus full, mean over
-    # sets: -0.53 point at 5 passes realised, -0.39 at 6, +0.04 at 8, +0.57 at 10 (session 8): even at about 8.
+    # infobatch on classification prunes only when the window affords this many passes (0: always). On the development
+    # sets only (budget_accuracy.py --data-seed 100 --seeds 100 101 102, six classification sets), InfoBatch minus full,
+    # mean over sets: -0.53 point at 5 passes realised, -0.39 at 6, +0.04 at 8, +0.57 at 10 (session 8): even at ~8.
     prune_min_passes: float = 8.0
     filter_noisy: str = "auto"  # auto: on once the run's losses look noisy (classification only); true; false
     loss: str = "auto"
