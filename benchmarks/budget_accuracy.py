@@ -92,7 +92,8 @@ DATASETS = ["clean", "flip10", "flip20", "flip40", "redundant", "imbalanced", "r
 PASSES = [2.0, 10.0, 30.0]
 QUICK_PASSES = [2.0, 10.0]
 SEEDS = [0, 1, 2, 3, 4]
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 14: 2.145, 19: 2.093,
+       24: 2.064, 29: 2.045}
 DATA_SEED = 0
 SIZE, ROWS, TEST_ROWS, COPIES = 28, 4000, 1000, 10  # digit image side, training and test rows, redundant copies
 REGRESSION_ROWS = 15_000  # 12,000 training rows: a pass costs about as much as a digit set's
@@ -256,8 +257,9 @@ def table(results: dict[Key, list[Result]], dataset: str, passes: list[float], v
         for p in passes:
             rs = results[(dataset, p, name)]
             m, sd = mean_std([r.metric for r in rs])
-            diff = "" if name == "full" else "{:+.2f} ±{:.2f}".format(*paired(results, (dataset, p, name)))
-            cells.append(f"{m:>7.2f} ±{sd:>4.2f}{diff:>17}{statistics.fmean(r.passes for r in rs):>4.0f}")
+            digits = 3 if dataset == "regression" else 2
+            diff = "" if name == "full" else "{:+.{d}f} ±{:.{d}f}".format(*paired(results, (dataset, p, name)), d=digits)
+            cells.append(f"{m:>7.{digits}f} ±{sd:>4.{digits}f}{diff:>17}{statistics.fmean(r.passes for r in rs):>4.0f}")
         lines.append(f"{name:<16}" + "".join(f"{c:>34}" for c in cells))
     switched = []
     for name in variants:
@@ -304,6 +306,30 @@ def goals(results: dict[Key, list[Result]], datasets: list[str], passes: list[fl
     return lines
 
 
+def pool(files: list[Path], candidates: list[str]) -> None:
+    """Tables and goal checks over several runs' raw results: more seeds per cell, the same paired comparisons."""
+    results: dict[Key, list[Result]] = {}
+    for path in files:
+        for key, rows in json.loads(path.read_text())["results"].items():
+            dataset, p, name = key.split("|")
+            results.setdefault((dataset, float(p), name), []).extend(Result(**row) for row in rows)
+    datasets = [d for d in DATASETS if any(k[0] == d for k in results)]
+    passes = sorted({k[1] for k in results})
+    variants = list(dict.fromkeys(k[2] for k in results))
+    missing = [c for c in candidates if c not in variants]
+    if missing:
+        raise SystemExit(f"--candidates {missing[0]!r} is not in the pooled results ({', '.join(variants)})")
+    seeds = {len(rs) for rs in results.values()}
+    print(f"timebudget budget_accuracy: pooled {', '.join(str(f) for f in files)}; runs per cell {sorted(seeds)}")
+    for dataset in datasets:
+        print(f"\n== {dataset} ==\n{table(results, dataset, passes, variants)}")
+    print("\n== goals ==")
+    for candidate in candidates:
+        lines = goals(results, datasets, passes, candidate)
+        print("\n".join(lines))
+        print(f"{candidate}: {sum(line.endswith(': met') for line in lines)} of {len(lines)} goals met\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 and 10 passes, seeds 0 1")
@@ -317,7 +343,13 @@ def main() -> None:
                         help=f"seed of the data sets (default {DATA_SEED}; development checks use others, e.g. 100)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see the module docstring)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: print the tables and goals of these --json files' runs pooled (the same "
+                             "variants and budgets in each; seeds pair up in file order)")
     args = parser.parse_args()
+    if args.pool:
+        pool(args.pool, args.candidates)
+        return
     variants = list(dict.fromkeys(["full", *REFERENCES, *args.variants, *args.candidates]))
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
