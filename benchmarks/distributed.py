@@ -7,7 +7,9 @@ run kept free for torchrun's exit (``launcher_exit_s``). Besides the deadline er
 training window (``summary.json``'s ``samples_per_s``, all ranks together) with the ratio to one process paired round
 by round, the test accuracy, and the steps. A plain ``python -m timebudget`` run (no torchrun) is the single-process
 reference. Modes run interleaved round by round (odd rounds in reverse order), one OpenMP thread per process on the
-CPU.
+CPU. ``--independent`` adds, for each N > 1, N plain runs started at once, each with one rank's batch: their samples
+per second summed are what N processes reach on this machine when they share only the hardware, the ceiling of any
+N-process run.
 
 Goals (issue 15): the deadline as precise as with one process; N processes >= 0.9 N x the samples per second of one
 where the machine has the cores; the same accuracy or better at equal budget.
@@ -16,6 +18,7 @@ where the machine has the cores; the same accuracy or better at equal budget.
     python benchmarks/distributed.py --quick             # one round
     python benchmarks/distributed.py --data synthetic --model cnn --batch-size 128 --seconds 60 --rounds 3
     python benchmarks/distributed.py --data synthetic --per-rank-batch 128 --seconds 60 --rounds 3 --no-plain
+    python benchmarks/distributed.py --data synthetic --per-rank-batch 128 --seconds 30 --no-plain --independent
     python benchmarks/distributed.py --device cuda --procs 1 2 4 --seconds 60   # on a machine with several GPUs
 """
 from __future__ import annotations
@@ -48,22 +51,29 @@ class Run:
 
 @dataclass
 class Mode:
-    """One way of launching: plain python (``procs`` 0) or torchrun with ``procs`` processes."""
+    """One way of launching: plain python (``procs`` 0), torchrun with ``procs`` processes, or ``independent`` plain
+    runs at once (the machine's ceiling for that many processes: they share only the hardware)."""
 
     procs: int
+    independent: int = 0
     runs: list[Run] = field(default_factory=list)
 
     @property
     def name(self) -> str:
+        if self.independent:
+            return f"{self.independent} independent"
         return "python -m timebudget" if self.procs == 0 else f"torchrun x{self.procs}"
 
 
-def command(procs: int, args: argparse.Namespace, out: Path) -> list[str]:
+def command(procs: int, args: argparse.Namespace, out: Path, share: int = 1) -> list[str]:
+    """The run's command line; ``share`` > 1: a plain run with one rank's batch of a ``share``-process torchrun."""
     train = ["train", "--seconds", f"{args.seconds:g}", "--data", args.data, "--model", args.model,
              "--device", args.device, "--quiet", "--out", str(out)]
     if args.strategy:
         train += ["--strategy", args.strategy]
     batch = args.per_rank_batch * max(procs, 1) if args.per_rank_batch else args.batch_size
+    if batch and share > 1 and not args.per_rank_batch:
+        batch //= share
     if batch:
         train += ["--batch-size", str(batch)]
     if procs == 0:
@@ -81,6 +91,27 @@ def run_once(cmd: list[str], out: Path, timeout: float) -> Run:
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else None
     return Run(wall, proc.returncode, summary, proc.stderr[-500:])
+
+
+def run_independent(count: int, args: argparse.Namespace, out: Path, timeout: float) -> Run:
+    """``count`` plain runs started at once: samples per second summed, the latest wall and elapsed time, the first
+    run's accuracy, each run's steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(1)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    outs = [out / str(i) for i in range(count)]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(command(0, args, o, share=count), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for o in outs]
+    errors = [p.communicate(timeout=timeout)[1] for p in procs]
+    wall = time.perf_counter() - t0
+    summaries = [json.loads((o / "summary.json").read_text()) if (o / "summary.json").exists() else None for o in outs]
+    code = max(p.returncode for p in procs)
+    if code != 0 or not all(summaries):
+        return Run(wall, code or 1, None, " | ".join(e[-200:] for e in errors))
+    summary = {**summaries[0], "samples_per_s": sum(x["samples_per_s"] for x in summaries),
+               "elapsed_s": max(x["elapsed_s"] for x in summaries), "rank_steps": [x["steps"] for x in summaries],
+               "startup_s": max(x["startup_s"] for x in summaries)}
+    return Run(wall, 0, summary, "")
 
 
 def median_iqr(values: list[float]) -> str:
@@ -144,18 +175,25 @@ def main() -> int:
                        "DDP is usually scaled): the same work per step and per collective (weak scaling)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="one round")
+    parser.add_argument("--independent", action="store_true",
+                        help="also N plain runs at once for each N > 1 of --procs, each with one rank's batch: what N "
+                             "processes reach on this machine when they share nothing but the hardware")
     args = parser.parse_args()
     if args.seconds <= 0 or args.rounds < 1 or min(args.procs) < 1:
         parser.error("--seconds, --rounds and --procs must be positive")
     rounds = 1 if args.quick else args.rounds
     modes = ([] if args.no_plain else [Mode(0)]) + [Mode(n) for n in args.procs]
+    modes += [Mode(0, independent=n) for n in args.procs if args.independent and n > 1]
     print("$ " + shlex.join([sys.executable, *sys.argv]))
     print("\n".join(machine()))
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for mode in (modes if r % 2 == 0 else modes[::-1]):
-                out = Path(tmp) / f"{mode.procs}-{r}"
-                run = run_once(command(mode.procs, args, out), out, timeout=args.seconds + 120)
+                out = Path(tmp) / f"{mode.procs}-{mode.independent}-{r}"
+                if mode.independent:
+                    run = run_independent(mode.independent, args, out, timeout=args.seconds + 120)
+                else:
+                    run = run_once(command(mode.procs, args, out), out, timeout=args.seconds + 120)
                 mode.runs.append(run)
                 info = (f"wall {run.wall_s:.2f} s, exit after summary {run.wall_s - run.summary['elapsed_s']:.2f} s "
                         f"(reserved {run.summary.get('launcher_exit_s', 0.0):.2f}), "
