@@ -192,19 +192,23 @@ def test_every_epoch_is_one_plan_split_into_disjoint_equal_shards(torchrun_run: 
 
 
 def test_a_nan_on_one_rank_rolls_both_replicas_back_after_the_same_step(torchrun_run: TorchrunRun) -> None:
-    """Rank 1 alone saw the NaN loss; both ranks rolled back after that step (the guard's flag is agreed), so their
-    parameters are identical at every training step, before and after, and finite after the rollback."""
+    """Rank 1 alone saw the NaN loss; both ranks rolled back after the same step, at the next per-step agreement (the
+    guard's flag is agreed), so their parameters are identical at every training step, before and after, and the
+    step after the rollback starts from a snapshot taken before the NaN."""
     summary = json.loads((torchrun_run.out / "summary.json").read_text())
     assert summary["status"] == "completed" and len(summary["rollbacks"]) == 1
     checksums = [[line.split() for line in (torchrun_run.cwd / f"params-{r}.txt").read_text().splitlines()]
                  for r in (0, 1)]
     assert checksums[0] == checksums[1] and len(checksums[0]) > NAN_AT + 10
     values = [float(total) for _, total in checksums[0]]
-    assert all(math.isfinite(v) for v in values)  # the NaN step's update never reached a forward
-    assert values[NAN_AT] in values[2:NAN_AT]  # the step after it starts from a snapshot taken before it
     record = next(json.loads(line) for line in (torchrun_run.out / "metrics.jsonl").read_text().splitlines()
                   if '"rollback"' in line)
-    assert record["step"] == NAN_AT - 2 and not record["diverged"]
+    assert not record["diverged"]
+    # forward calls 1 and 2 are calibration's; training step k is call k + 2, so call NAN_AT is step NAN_AT - 2
+    after = record["step"] + 2  # the forward right after the rollback (0-based index into the calls)
+    assert NAN_AT - 2 <= record["step"] and after < len(values)
+    assert all(math.isfinite(v) for v in values[:NAN_AT] + values[after:])  # NaN only until the agreed rollback
+    assert values[after] in values[2:NAN_AT]
 
 
 def test_only_rank_zero_writes(torchrun_run: TorchrunRun) -> None:
@@ -425,6 +429,12 @@ def _group_checks(rank: int, port: int, results: Path) -> None:
     world.attach(clock)
     out: dict[str, object] = {"stops": [world.agree_stop(vote) for vote in ([False, True], [False, False])[rank]]}
     out["progress"] = world.progress(-1.0)
+    if rank == 0:
+        clock.seed_step(0.01)  # rank 0's step estimate sets the steps between per-step agreements
+    steps = []  # rank 1 wants to stop from its fourth step on; both learn it at the next agreement
+    for i in range(30):
+        steps.append((world.progress(-1.0), world.agree_step(rank == 1 and i >= 3).stop))
+    out["steps"] = steps
     out["votes"] = [world.agree(False, None, bad=rank == 1, snapshot=rank == 0, save=rank == 1),
                     world.agree(False, "SIGTERM" if rank == 1 else None), world.agree(False)]
     out["any"] = [world.any(rank == 1), world.any(False)]
@@ -457,6 +467,13 @@ def test_group_collectives_in_two_gloo_processes(tmp_path: Path) -> None:
     r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["stops"] == r1["stops"] == [False, True]  # one rank's vote stops both
     assert r0["progress"] == r1["progress"] >= 0  # rank 0's progress, everywhere
+    # the per-step agreement came at the first step, then every VOTE_EVERY_S / 0.01 steps: rank 1's stop (from its
+    # fourth step on) reached both at the second; between agreements both ranks advanced rank 0's progress alike
+    assert r0["steps"] == r1["steps"]
+    every = int(distributed.VOTE_EVERY_S / 0.01)
+    assert every > 4 and [stop for _, stop in r0["steps"]].index(True) == every
+    progress = [p for p, _ in r0["steps"][1:every + 1]]
+    assert all(b > a for a, b in zip(progress, progress[1:]))
     # any rank's bad loss and signal, rank 0's snapshot and save decisions; a signal stops every later agreement too
     assert r0["votes"] == r1["votes"] == [(False, None, True, True, False), (True, "SIGTERM", False, False, False),
                                           (True, "SIGTERM", False, False, False)]

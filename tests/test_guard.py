@@ -112,6 +112,25 @@ def test_normal_noise_is_not_an_explosion() -> None:
     assert g.check(0.5, pause) == guard.OK and not run.restored
 
 
+def test_a_resumed_guard_keeps_the_interrupted_runs_reference() -> None:
+    """A resumed run's own first loss comes from the trained model (here 1e-4); the reference of the interrupted run
+    (the untrained model's 2.3) comes back with the checkpoint, so a batch at 0.05 is noise, not an explosion."""
+    first = Trainee().guard()
+    for loss in [1.0, 0.01] + [1e-4] * 200:  # learnt: the running level is about 1e-4
+        first.observe(torch.tensor([loss]))
+    run = Trainee()
+    resumed = DivergenceGuard(1e-4, torch.device("cpu"), lambda: run.state, run.restore, run.scale, every_s=1.0)
+    resumed.start(0.0)
+    resumed.load_state_dict(first.state_dict())
+    resumed.observe(torch.tensor([0.05]))
+    assert resumed.check(0.1, pause) == guard.OK and not run.restored
+    older = first.state_dict()
+    del older["reference"]  # a checkpoint written before the reference was saved: the resumed run's own stays
+    fresh = DivergenceGuard(1e-4, torch.device("cpu"), lambda: run.state, run.restore, run.scale, every_s=1.0)
+    fresh.load_state_dict(older)
+    assert fresh.reference == 1e-4
+
+
 def _label_only_losses(labels: torch.Tensor) -> torch.Tensor:
     """The per-sample losses of a network whose logits are one constant vector: each depends on the label alone."""
     logits = torch.linspace(-1.0, 1.0, 10).expand(len(labels), 10)

@@ -11,6 +11,8 @@ back, a few steps late, when the device has finished them: the host never waits 
 """
 from __future__ import annotations
 
+import math
+
 import os
 import statistics
 import time
@@ -204,10 +206,26 @@ class BudgetClock:
     def should_stop(self) -> bool:
         """True when the next step would not fit: it ends one step after the host launches it or after the device
         has worked through the steps still queued, whichever is later."""
+        return self.steps_that_fit() < 1
+
+    def steps_that_fit(self) -> int:
+        """How many more steps fit before the tail at :meth:`step_estimate` each, counted from when the host launches
+        the next one or the device is through the steps still queued, whichever is later."""
         start = self.now()
         if self._unfinished and self._last is not None:
             start = max(start, self._last + self._unfinished * self.step_estimate())
-        return start + self.step_estimate() > self.window_end
+        estimate = self.step_estimate()
+        if estimate <= 0:
+            return 0 if start > self.window_end else 1
+        return max(0, math.floor((self.window_end - start) / estimate))
+
+    def progress_per_step(self) -> float:
+        """How far :meth:`progress` moves in the shortest recent step: under torchrun the ranks advance rank 0's
+        progress by it between two agreements. A lower bound, so the advanced progress stays behind the clock's and
+        the next agreement never moves it (and the learning rate's warm-up) back."""
+        if self._window_start is None or self.window_end <= self._window_start or not self.recent:
+            return 0.0
+        return (1.0 - self.progress_from) * min(self.recent) / (self.window_end - self._window_start)
 
     def pause(self) -> Callable[[], None]:
         """Exclude a span (periodic evaluation, a save) from step timing; it still counts against the budget.

@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 # How long past the deadline a rank may wait for the others before it gives up with one line.
 GRACE_S = 5.0
+# Per-step agreements come about this far apart (at least every step, at most a quarter of the steps that still fit):
+# each is a blocking all-reduce, 6% of each rank's time when it ran after every step (two CPU ranks, 31 ms steps,
+# session 10's profile). A rank's signal or bad loss waits at most this long to reach the others.
+VOTE_EVERY_S = 0.25
 # torchrun exits after its workers, and its interpreter's teardown of torch took 1.4-1.9 s on a loaded 2-core machine,
 # 0.33-0.42 of the time the same interpreter took to import torch (four runs). So this share of torchrun's own
 # start-up (from its start to the worker's, which the import of torch dominates) is kept free at the end of the
@@ -129,6 +133,12 @@ class World:
         rank stops all of them."""
         self.signal = self.signal or signal
         return Votes(stop or self.signal is not None, self.signal, bad, snapshot, save)
+
+    def agree_step(
+        self, stop: bool, signal: str | None = None, bad: bool = False, snapshot: bool = False, save: bool = False
+    ) -> Votes:
+        """:meth:`agree` after a training step; under torchrun only every few steps (see :class:`Group`)."""
+        return self.agree(stop, signal, bad, snapshot, save)
 
     def agree_stop(self, local_stop: bool) -> bool:
         """Whether every rank stops now: true when any rank's ``local_stop`` is."""
@@ -215,8 +225,12 @@ class Group(World):
         if backend == "nccl":
             self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
         self.clock: BudgetClock | None = None
-        self._agreed = torch.zeros(6, dtype=torch.float64)
+        self._agreed = torch.zeros(8, dtype=torch.float64)
         self._progress: float | None = None
+        self._rate = 0.0  # rank 0's progress per step, as the last agreement carried it
+        self._since = 0  # steps since the last agreement (progress advances by ``_rate`` per step)
+        self._skip = 0  # steps left until the next per-step agreement
+        self._interval_agreed = 1  # rank 0's interval, as the last agreement carried it
 
     # --- set-up ----------------------------------------------------------------------------------------------
     def attach(self, clock: "BudgetClock") -> None:
@@ -267,23 +281,50 @@ class Group(World):
         step right after a refresh of stale scores trains at the progress read before the refresh)."""
         if self._progress is None:
             raise RuntimeError("distributed: no agreed progress yet (agree_plan must run before the first step)")
-        return self._progress
+        return min(1.0, self._progress + self._since * self._rate)
 
     def agree(
         self, stop: bool, signal: str | None = None, bad: bool = False, snapshot: bool = False, save: bool = False
     ) -> Votes:
-        """One all-reduce (max) of six numbers: the stop votes, the signals' numbers, the guard's flags, rank 0's
-        progress (the others send -1) and rank 0's two decisions (the others send 0)."""
+        """One all-reduce (max) of eight numbers: the stop votes, the signals' numbers, the guard's flags, rank 0's
+        progress (the others send -1) and rank 0's two decisions, its progress per step and the steps until the next
+        per-step agreement (the others send 0)."""
         writer = self.is_writer
         agreed = self._agreed
         agreed[0], agreed[1], agreed[2] = float(stop), float(signals.Signals[signal]) if signal else 0.0, float(bad)
         agreed[3] = self._writer_progress()
         agreed[4], agreed[5] = float(writer and snapshot), float(writer and save)
+        agreed[6], agreed[7] = (self.clock.progress_per_step(), self._interval()) if writer else (0.0, 0.0)
         self.dist.all_reduce(agreed, op=self.dist.ReduceOp.MAX, group=self.control)
-        stop, number, bad, self._progress, snapshot, save = agreed.tolist()
+        stop, number, bad, self._progress, snapshot, save, self._rate, interval = agreed.tolist()
+        self._since, self._interval_agreed = 0, int(interval)
         if number and self.signal is None:
             self.signal = signals.Signals(int(number)).name
         return Votes(stop > 0 or self.signal is not None, self.signal, bad > 0, snapshot > 0, save > 0)
+
+    def agree_step(
+        self, stop: bool, signal: str | None = None, bad: bool = False, snapshot: bool = False, save: bool = False
+    ) -> Votes:
+        """:meth:`agree` after a training step, but only every few steps: in between every rank goes on without a
+        collective (all ranks skip the same steps, as the last agreement set them) and advances rank 0's progress by
+        its progress per step. A rank's own stop, signal or bad loss waits for the next agreement, at most about
+        ``VOTE_EVERY_S`` away; the interval shrinks as the deadline nears, so the last steps agree one by one."""
+        if self._skip > 0:
+            self._skip -= 1
+            self._since += 1
+            return Votes(False)
+        votes = self.agree(stop, signal, bad, snapshot, save)
+        self._skip = self._interval_agreed - 1  # counted in steps only: an epoch's end agrees without resetting it
+        return votes
+
+    def _interval(self) -> int:
+        """Rank 0's steps until the next per-step agreement: about ``VOTE_EVERY_S`` of steps, at most a quarter of
+        those that still fit before the tail (so the interval shrinks to one step by the deadline, and steps would have
+        to slow down 4x at once to overrun it), at least one."""
+        assert self.clock is not None
+        estimate = self.clock.step_estimate()
+        steps = int(VOTE_EVERY_S / estimate) if estimate > 0 else 1
+        return max(1, min(steps, self.clock.steps_that_fit() // 4))
 
     def any(self, flag: bool) -> bool:
         vote = torch.tensor([float(flag)], dtype=torch.float64)
@@ -316,7 +357,7 @@ class Group(World):
         0's progress; in the rare case that a rank's plan differs, rank 0's plan is broadcast to all."""
         prints = self.gather(*_fingerprint(order), *_fingerprint(weights), *_fingerprint(refresh),
                              self._writer_progress())
-        self._progress = prints[0][-1]
+        self._progress, self._since = prints[0][-1], 0
         if all(row[:-1] == prints[0][:-1] for row in prints):
             return order, weights, refresh, False
         writer = prints[0]

@@ -209,9 +209,14 @@ class DivergenceGuard:
         return ROLLED_BACK
 
     def state_dict(self) -> dict[str, Any]:
-        return {"level": float(self.level), "rollbacks": len(self.rollbacks)}
+        return {"level": float(self.level), "rollbacks": len(self.rollbacks), "reference": self.reference}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The interrupted run's running level and its reference: the untrained model's loss. A resumed run measures
+        its own first loss on the trained model, often near zero on data it has learnt, and a reference that small
+        made ordinary batch-to-batch noise count as an explosion (four rollbacks, then "diverged", in a resumed
+        torchrun test whose losses were about 1e-4 with single batches at 0.03-0.05)."""
+        self.reference = float(state.get("reference", self.reference))  # checkpoints before session 10 lack it
         if isinstance(self.level, torch.Tensor):
             self.level.fill_(state["level"])
         else:

@@ -536,10 +536,11 @@ class _Run:
                     self.log_step(lr, torch.cat(epoch_losses[logged:]))
                     logged = len(epoch_losses)
                 view.tick(losses)
-                # one small collective under torchrun: all ranks stop, roll back, snapshot and save alike
-                votes = self.world.agree(clock.step_done(), self.preemption.signal, self.guard.tripped(),
-                                         self.guard.due(clock.elapsed()),
-                                         clock.elapsed() >= next_resumable and self.save_fits())
+                # under torchrun one small collective every few steps: all ranks stop, roll back, snapshot and save
+                # alike
+                votes = self.world.agree_step(clock.step_done(), self.preemption.signal, self.guard.tripped(),
+                                              self.guard.due(clock.elapsed()),
+                                              clock.elapsed() >= next_resumable and self.save_fits())
                 if votes.stop or self.guarded(votes):
                     stop = True
                     break
