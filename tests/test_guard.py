@@ -158,6 +158,31 @@ def test_a_collapse_to_constant_logits_rolls_back_after_a_row_of_steps_and_is_ne
     assert g.rollbacks[-1] == {"time": 12.0, "to_time": 0.5, "why": "collapse"}  # back to the start, and when
 
 
+def test_a_learnt_batch_of_zero_losses_is_no_collapse() -> None:
+    """A network that has learnt its data gives every sample a loss of exactly 0.0 in float32: one value, but the
+    opposite of constant logits, whose losses are at least the batch's label entropy."""
+    run = Trainee()
+    g = run.guard(classes=10)
+    for t in range(3 * guard.COLLAPSE_STEPS):
+        g.observe(torch.zeros(64))
+        assert g.check(0.1 * t, pause) == guard.OK
+    assert not run.restored
+
+
+def test_a_collapse_checked_after_a_healthy_step_is_still_a_collapse() -> None:
+    """Under torchrun the check comes at the next agreement: a row of constant-logit steps, then one healthy step,
+    then the check still rolls back to the start with the collapse's lower learning rate."""
+    run = Trainee()
+    g = run.guard(classes=10)
+    labels = torch.arange(64) % 10
+    run.state = 1
+    for _ in range(guard.COLLAPSE_STEPS):
+        g.observe(_label_only_losses(labels))
+    g.observe(torch.linspace(0.5, 3.0, 64))
+    assert g.check(2.0, pause) == guard.ROLLED_BACK
+    assert run.restored == [0] and run.lr_scale == guard.COLLAPSE_LR_FACTOR and g.rollbacks[-1]["why"] == "collapse"
+
+
 def test_losses_that_differ_between_samples_are_no_collapse() -> None:
     """An untrained network (small random logits: losses near ln 10, all different), a trained one, and a row of
     constant-logit steps broken by one healthy step never trip; nor does a batch too small to tell."""

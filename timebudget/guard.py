@@ -46,6 +46,11 @@ LR_FACTOR = 0.5
 MAX_ROLLBACKS = 3
 COLLAPSE_STEPS = 8  # steps in a row whose losses take at most one value per class: the logits are constant
 COLLAPSE_TOLERANCE = 1e-6  # losses closer than this (relative) count as one value
+# ... and only above this share of the untrained model's loss: constant logits cost at least the batch's label entropy
+# (0.14 for 31 samples of one class and 1 of another), while a network that has learnt its data gives every sample a
+# loss of exactly 0.0 in float32 (all one value, at most one per class), which counted as a collapse (session 10: a
+# resumed torchrun test on 640 learnt samples rolled back three times and stopped as "diverged")
+COLLAPSE_MIN_SHARE = 0.01
 COLLAPSE_LR_FACTOR = 0.1  # a collapse means the lr is far past the edge, not one bad batch
 SNAPSHOT_EVERY_S = 5.0  # at most; a short budget snapshots every SNAPSHOT_SHARE of it, so a rollback loses little,
 SNAPSHOT_SHARE = 0.02
@@ -90,10 +95,14 @@ class DivergenceGuard:
         self.level: float | torch.Tensor = self.reference
         self.bad: bool | torch.Tensor = False
         self.constant_steps: int | torch.Tensor = 0  # the current row of steps with label-only losses
+        # whether a row reached COLLAPSE_STEPS since the last check: under torchrun the check comes at the next
+        # agreement, a few steps later, when a healthy step may have ended the row
+        self.collapsed: bool | torch.Tensor = False
         if not self.on_host:
             self.level = torch.tensor(self.reference, device=device)
             self.bad = torch.zeros((), dtype=torch.bool, device=device)
             self.constant_steps = torch.zeros((), dtype=torch.int64, device=device)
+            self.collapsed = torch.zeros((), dtype=torch.bool, device=device)
         self._pending: tuple[torch.Tensor, Any] | None = None
         self.snapshot: Any = None
         self.snapshot_at = -math.inf
@@ -114,7 +123,8 @@ class DivergenceGuard:
             value = float(mean)
             if constant is not None:
                 self.constant_steps = self.constant_steps + 1 if bool(constant) else 0
-            if not math.isfinite(value) or value > self.threshold() or self.constant_steps >= COLLAPSE_STEPS:
+                self.collapsed = self.collapsed or self.constant_steps >= COLLAPSE_STEPS
+            if not math.isfinite(value) or value > self.threshold() or self.collapsed:
                 self.bad = True
             else:
                 self.level = LEVEL_MOMENTUM * self.level + (1 - LEVEL_MOMENTUM) * value
@@ -122,7 +132,8 @@ class DivergenceGuard:
         bad = ~torch.isfinite(mean) | (mean > self.threshold())
         if constant is not None:
             self.constant_steps.copy_(torch.where(constant, self.constant_steps + 1, 0))
-            self.bad |= self.constant_steps >= COLLAPSE_STEPS
+            self.collapsed |= self.constant_steps >= COLLAPSE_STEPS
+            self.bad |= self.collapsed
         self.bad |= bad
         self.level.copy_(torch.where(bad, self.level, self.level.lerp(mean, 1 - LEVEL_MOMENTUM)))
 
@@ -133,7 +144,8 @@ class DivergenceGuard:
             return None
         ordered = losses.flatten().sort().values
         steps = ordered.diff() > COLLAPSE_TOLERANCE * (1.0 + ordered[1:].abs())
-        return steps.sum() < self.classes  # distinct values = steps + 1 <= classes
+        # distinct values = steps + 1 <= classes, and not the zeros of a learnt batch
+        return (steps.sum() < self.classes) & (ordered.mean() > COLLAPSE_MIN_SHARE * self.reference)
 
     def threshold(self) -> float | torch.Tensor:
         if isinstance(self.level, float):
@@ -193,12 +205,13 @@ class DivergenceGuard:
             resume()
 
     def _roll_back(self, elapsed: float) -> str:
-        why = "collapse" if int(self.constant_steps) >= COLLAPSE_STEPS else "loss"
+        why = "collapse" if bool(self.collapsed) else "loss"
         if why == "collapse":
             self.snapshot, self.snapshot_at = self.first, self.first_at
         self.restore(self.snapshot)
         self.bad = self.bad.zero_() if isinstance(self.bad, torch.Tensor) else False
         self.constant_steps = self.constant_steps.zero_() if isinstance(self.constant_steps, torch.Tensor) else 0
+        self.collapsed = self.collapsed.zero_() if isinstance(self.collapsed, torch.Tensor) else False
         self._pending = None
         self.streak += 1
         self.rollbacks.append({"time": round(elapsed, 4), "to_time": round(self.snapshot_at, 4), "why": why})
@@ -214,8 +227,8 @@ class DivergenceGuard:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The interrupted run's running level and its reference: the untrained model's loss. A resumed run measures
         its own first loss on the trained model, often near zero on data it has learnt, and a reference that small
-        made ordinary batch-to-batch noise count as an explosion (four rollbacks, then "diverged", in a resumed
-        torchrun test whose losses were about 1e-4 with single batches at 0.03-0.05)."""
+        would make ordinary batch-to-batch noise count as an explosion (100x a level of about 1e-4 is a batch at
+        0.01)."""
         self.reference = float(state.get("reference", self.reference))  # checkpoints before session 10 lack it
         if isinstance(self.level, torch.Tensor):
             self.level.fill_(state["level"])
