@@ -6,9 +6,10 @@ read against what the machine allows. Each round it starts, one after another:
 
 - ``torchrun x1``: one worker (the reference);
 - ``torchrun x2``: two workers, each timing, interleaved in blocks, the same CNN step (the trainer's default model on
-  3x16x16 inputs, SGD) in three forms: ``exact`` (DDP as :meth:`timebudget.distributed.Group.wrap` builds it: the
-  gradients all-reduced every step), ``exact + vote`` (plus the trainer's per-step agreement,
-  :meth:`Group.agree`), and ``no communication`` (the same DDP module with a communication hook that returns the
+  3x16x16 inputs, SGD, in the trainer's memory format: ``--channels-last``, default ``auto``, NHWC on the CPU) in
+  three forms: ``exact`` (DDP as :meth:`timebudget.distributed.Group.wrap` builds it: the
+  gradients all-reduced every step), ``exact + vote`` (plus the trainer's agreement, :meth:`Group.agree`, after every
+  step, as the trainer ran it until session 10; it now agrees every ~0.25 s of steps), and ``no communication`` (the same DDP module with a communication hook that returns the
   local gradient: the ceiling of any exact gradient exchange on this machine);
 - ``2 independent``: two single workers at once, each with its own torchrun: what two processes reach when they
   share only the machine.
@@ -18,6 +19,7 @@ process. Per-rank batch ``--batch`` (weak scaling, as ``distributed.py --per-ran
 
     python benchmarks/ddp_overhead.py                        # 3 rounds, 128 samples per rank, ~2 min
     python benchmarks/ddp_overhead.py --batch 64 --rounds 5
+    python benchmarks/ddp_overhead.py --channels-last false   # the NCHW step (session 9's figures)
 """
 from __future__ import annotations
 
