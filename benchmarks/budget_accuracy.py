@@ -321,6 +321,12 @@ def pool(files: list[Path], candidates: list[str]) -> None:
         raise SystemExit(f"--candidates {missing[0]!r} is not in the pooled results ({', '.join(variants)})")
     seeds = {len(rs) for rs in results.values()}
     print(f"timebudget budget_accuracy: pooled {', '.join(str(f) for f in files)}; runs per cell {sorted(seeds)}")
+    report(results, datasets, passes, variants, candidates)
+
+
+def report(results: dict[Key, list[Result]], datasets: list[str], passes: list[float], variants: list[str],
+           candidates: list[str]) -> None:
+    """Print the table of every data set, then each candidate's goals, met or not."""
     for dataset in datasets:
         print(f"\n== {dataset} ==\n{table(results, dataset, passes, variants)}")
     print("\n== goals ==")
@@ -369,13 +375,7 @@ def main() -> None:
     print(f"timebudget budget_accuracy: data seed {args.data_seed}, seeds {seeds}, passes {passes}, "
           f"torch threads {args.threads}, "
           f"command: {' '.join(sys.argv)}")
-    for dataset in args.datasets:
-        print(f"\n== {dataset} ==\n{table(results, dataset, passes, variants)}")
-    print("\n== goals ==")
-    for candidate in args.candidates:
-        lines = goals(results, args.datasets, passes, candidate)
-        print("\n".join(lines))
-        print(f"{candidate}: {sum(line.endswith(': met') for line in lines)} of {len(lines)} goals met\n")
+    report(results, args.datasets, passes, variants, args.candidates)
     if args.json:
         raw = {f"{d}|{p:g}|{n}": [r.__dict__ for r in rs] for (d, p, n), rs in results.items()}
         args.json.write_text(json.dumps({"results": raw}, indent=1))

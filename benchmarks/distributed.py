@@ -82,11 +82,15 @@ def command(procs: int, args: argparse.Namespace, out: Path, share: int = 1) -> 
             "-m", "timebudget", *train]
 
 
+def worker_env() -> dict[str, str]:
+    """One OpenMP thread per process, and this repository importable."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def run_once(cmd: list[str], out: Path, timeout: float) -> Run:
-    env = {**os.environ, "OMP_NUM_THREADS": str(1)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else None
@@ -96,11 +100,9 @@ def run_once(cmd: list[str], out: Path, timeout: float) -> Run:
 def run_independent(count: int, args: argparse.Namespace, out: Path, timeout: float) -> Run:
     """``count`` plain runs started at once: samples per second summed, the latest wall and elapsed time, the first
     run's accuracy, each run's steps."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(1)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     outs = [out / str(i) for i in range(count)]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(command(0, args, o, share=count), env=env, stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen(command(0, args, o, share=count), env=worker_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for o in outs]
     errors = [p.communicate(timeout=timeout)[1] for p in procs]
     wall = time.perf_counter() - t0
