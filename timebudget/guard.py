@@ -118,7 +118,7 @@ class DivergenceGuard:
         """Account one step's per-sample losses, without waiting for the device."""
         losses = losses.detach().float()
         mean = losses.mean()
-        constant = self.label_only(losses)
+        constant = self.label_only(losses, mean)
         if isinstance(self.level, float):
             value = float(mean)
             if constant is not None:
@@ -137,15 +137,16 @@ class DivergenceGuard:
         self.bad |= bad
         self.level.copy_(torch.where(bad, self.level, self.level.lerp(mean, 1 - LEVEL_MOMENTUM)))
 
-    def label_only(self, losses: torch.Tensor) -> torch.Tensor | None:
-        """Whether this batch's losses take at most one value per class (a 0-dim bool tensor; None when the guard does
-        not watch for collapse, or the batch is too small to tell: under twice the class count)."""
+    def label_only(self, losses: torch.Tensor, mean: torch.Tensor) -> torch.Tensor | None:
+        """Whether this batch's losses take at most one value per class while their ``mean`` (as :meth:`observe`
+        computed it) is not a learnt batch's near zero (a 0-dim bool tensor; None when the guard does not watch for
+        collapse, or the batch is too small to tell: under twice the class count)."""
         if self.classes is None or losses.numel() < 2 * self.classes:
             return None
         ordered = losses.flatten().sort().values
         steps = ordered.diff() > COLLAPSE_TOLERANCE * (1.0 + ordered[1:].abs())
         # distinct values = steps + 1 <= classes, and not the zeros of a learnt batch
-        return (steps.sum() < self.classes) & (ordered.mean() > COLLAPSE_MIN_SHARE * self.reference)
+        return (steps.sum() < self.classes) & (mean > COLLAPSE_MIN_SHARE * self.reference)
 
     def threshold(self) -> float | torch.Tensor:
         if isinstance(self.level, float):

@@ -44,10 +44,9 @@ class InfoBatch(ScoredStrategy):
         super().__init__(config, task)
         self.warmup = 0.0  # InfoBatch prunes from the second epoch on
         self.prune = 1.0 - config.keep_fraction if config.keep_fraction is not None else DEFAULT_PRUNE
-        self.min_passes = config.prune_min_passes
 
     def select(self, ctx: EpochContext) -> EpochPlan:
-        if self.task == "classification" and planned_passes(ctx) < self.min_passes:
+        if self.task == "classification" and planned_passes(ctx) < self.config.prune_min_passes:
             return EpochPlan(phase="select")
         last, seen, n = ctx.scores.last, ctx.scores.seen, ctx.scores.n
         mean = (last * seen).sum() / seen.sum().clamp_min(1)
