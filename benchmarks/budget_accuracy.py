@@ -280,7 +280,11 @@ def table(results: dict[Key, list[Result]], dataset: str, passes: list[float], v
 
 
 def goals(results: dict[Key, list[Result]], datasets: list[str], passes: list[float], candidate: str) -> list[str]:
-    """The issue's goals for ``candidate``, per cell, on the means (with the paired interval to full beside)."""
+    """The issue's goals for ``candidate``, per cell, on the means (with the paired interval to full beside). The
+    ">= best - 0.3" check also prints the paired difference to that best reference with its 95% interval, and marks a
+    cell "worse beyond noise" when the whole interval lies past the 0.3 margin: a max over three noisy means favours
+    the references, so a candidate equal to ``full`` in expectation misses the check on means in some cells by
+    chance, and this mark tells such misses from real ones."""
     lines = []
     mean = {key: statistics.fmean(r.metric for r in rs) for key, rs in results.items()}
     for dataset in datasets:
@@ -291,17 +295,24 @@ def goals(results: dict[Key, list[Result]], datasets: list[str], passes: list[fl
             diff, half = paired(results, (dataset, p, candidate))
             if regression:
                 best = min(refs, key=refs.__getitem__)
-                checks = [(f"RMSE {value:.3f} vs best {best} {refs[best]:.3f} (goal <= +0.3%)",
+                to_best, half_best = paired(results, (dataset, p, candidate), best)
+                beyond = to_best - half_best > 0.003 * refs[best]
+                checks = [(f"RMSE {value:.3f} vs best {best} {refs[best]:.3f} (goal <= +0.3%), paired "
+                           f"{to_best:+.4f} ±{half_best:.4f}{', worse beyond noise' if beyond else ''}",
                            value <= 1.003 * refs[best])]
             else:
                 best = max(refs, key=refs.__getitem__)
-                checks = [(f"{value - refs[best]:+.2f} vs best {best} (goal >= -0.3)", value >= refs[best] - 0.3)]
+                to_best, half_best = paired(results, (dataset, p, candidate), best)
+                beyond = to_best + half_best < -0.3
+                checks = [(f"{value - refs[best]:+.2f} vs best {best} (goal >= -0.3), paired {to_best:+.2f} "
+                           f"±{half_best:.2f}{', worse beyond noise' if beyond else ''}", value >= refs[best] - 0.3)]
                 if dataset in ("flip20", "flip40") and p >= 10:
                     checks.append((f"{diff:+.2f} vs full (goal >= +3)", diff >= 3.0))
                 if dataset == "redundant" and p < 10:
                     checks.append((f"{diff:+.2f} vs full (goal >= +1)", diff >= 1.0))
             for text, ok in checks:
-                lines.append(f"{candidate}, {dataset} {p:g} passes: {text}; paired vs full {diff:+.2f} ±{half:.2f}: "
+                d = 4 if regression else 2
+                lines.append(f"{candidate}, {dataset} {p:g} passes: {text}; paired vs full {diff:+.{d}f} ±{half:.{d}f}: "
                              f"{'met' if ok else 'NOT met'}")
     return lines
 
@@ -333,7 +344,8 @@ def report(results: dict[Key, list[Result]], datasets: list[str], passes: list[f
     for candidate in candidates:
         lines = goals(results, datasets, passes, candidate)
         print("\n".join(lines))
-        print(f"{candidate}: {sum(line.endswith(': met') for line in lines)} of {len(lines)} goals met\n")
+        print(f"{candidate}: {sum(line.endswith(': met') for line in lines)} of {len(lines)} goals met; "
+              f"{sum('beyond noise' in line for line in lines)} cells worse than the best reference beyond noise\n")
 
 
 def main() -> None:

@@ -13,7 +13,10 @@ supports, hard enough to separate training recipes:
   2 clusters each and 5% of labels flipped (train and test alike, as real label noise would be);
 - ``regression``: ``make_regression`` with 100 features of which 30 informative, low effective rank (correlated
   features), plus a nonlinearity and noise of 20% of the signal;
-- ``diabetes``: scikit-learn's diabetes (442 patients, 10 features; regression), a fixed 80/20 split.
+- ``diabetes``: scikit-learn's diabetes (442 patients, 10 features; regression), a fixed 80/20 split;
+- ``synthetic20k``: timebudget's built-in ``synthetic`` task (10 class prototypes of 3x16x16 plus unit noise) at 10x
+  its rows (20,480 training, 2,048 test): for throughput benchmarks (``benchmarks/distributed.py``), where the
+  built-in set's 2,048 rows make an epoch of two to eight steps, so per-epoch costs weigh as they would in no real run.
 
 Training and test images are drawn from disjoint source digits (scikit-learn's digits split 80/20, stratified,
 ``random_state=0``, the split timebudget's own ``digits`` uses), so no test image is a distortion of a training one.
@@ -266,6 +269,20 @@ def diabetes(seed: int = 0) -> Split:
     return _split(x.astype(np.float32), y.astype(np.float32), seed, stratify=False)
 
 
+def synthetic20k(seed: int = 0, n_train: int = 20480, n_test: int = 2048) -> Split:
+    """Class prototypes (10 of 3x16x16, standard normal) scaled by 0.6 plus standard normal noise, as the built-in
+    ``synthetic`` set draws them, with 10x its rows."""
+    g = np.random.default_rng(seed)
+    prototypes = g.normal(size=(10, 3, 16, 16)).astype(np.float32)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = g.integers(0, 10, size=n)
+        return (prototypes[y] * 0.6 + g.normal(size=(n, 3, 16, 16))).astype(np.float32), y.astype(np.int64)
+
+    (x_train, y_train), (x_test, y_test) = draw(n_train), draw(n_test)
+    return Split(x_train, y_train, x_test, y_test)
+
+
 SETS: dict[str, Callable[..., Split]] = {
     "digits16": digits16,
     "digits28": digits28,
@@ -273,6 +290,7 @@ SETS: dict[str, Callable[..., Split]] = {
     "classification": classification,
     "regression": regression,
     "diabetes": diabetes,
+    "synthetic20k": synthetic20k,
 }
 
 

@@ -94,6 +94,24 @@ def test_one_slow_step_near_the_end_is_believed_at_once(fake_clock: FakeClock) -
     assert fake_clock.t <= clock.window_end
 
 
+def test_a_single_slow_step_is_no_load_change_even_the_first(fake_clock: FakeClock) -> None:
+    """The slowdown that triggers re-timing the tail is the median of the last three steps, and with fewer than three
+    (the calibration step and the first training step) the faster one: one step caught by a garbage collection is not
+    a change of load, two in a row are."""
+    clock = started_clock(fake_clock, step=0.01)
+    assert clock.slowdown() == 1.0
+    fake_clock.advance(0.5)  # the first training step, 50x slower
+    clock.step_done()
+    assert clock.slowdown() == pytest.approx(1.0)
+    fake_clock.advance(0.5)
+    clock.step_done()
+    assert clock.slowdown() == pytest.approx(50.0)
+    for _ in range(2):
+        fake_clock.advance(0.01)
+        clock.step_done()
+    assert clock.slowdown() == pytest.approx(1.0)
+
+
 def test_progress_never_goes_back_when_a_slowdown_passes(fake_clock: FakeClock) -> None:
     """p drives the learning rate: a linear decay must never turn into a rise because the machine was busy a while."""
     clock = started_clock(fake_clock)

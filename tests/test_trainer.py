@@ -268,6 +268,9 @@ def test_tail_probe_scale_is_the_evaluations_slowdown_bounded_by_the_steps(fake_
     assert tail.spent == pytest.approx(3 * (0.25 + 3.0 + 0.05))
     assert not tail.affordable(elapsed=100.0, slowdown=1.0)  # 9.9 s spent + 0.3 s > 2% of 100 s
     assert tail.affordable(elapsed=600.0, slowdown=1.0)
+    # over its share, a probe is still taken when it costs less than the reserve the assumption would add
+    assert tail.affordable(elapsed=100.0, slowdown=1.0, at_stake=0.5)  # 0.3 s < 0.5 s
+    assert not tail.affordable(elapsed=100.0, slowdown=1.0, at_stake=0.2)
 
 
 @pytest.mark.parametrize(("kind", "n", "batch"), [("image", 1437, 64), ("image", 7291, 128), ("tabular", 353, 16),

@@ -166,7 +166,10 @@ class BudgetClock:
         self.recent.append(seconds)
         ordered = sorted(self.recent)
         self._median = statistics.median(ordered)
-        self._latest = statistics.median(list(self.recent)[-3:])
+        last = list(self.recent)[-3:]
+        # with fewer than three steps (the calibration step and the first training step), the faster one stands: a
+        # single slow step (a garbage collection, a hiccup) is not taken for a change of load
+        self._latest = statistics.median(last) if len(last) == 3 else min(last)
         p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         self._estimate = max(self._median, self.recent[-1], p90)
 

@@ -716,7 +716,8 @@ class _Run:
         else assume the worst."""
         clock, probe = self.clock, self.tail_probe
         fits = clock.now() + probe.cost(slowdown) < clock.window_end - clock.step_estimate()
-        retimed = fits and probe.affordable(clock.elapsed(), slowdown)
+        at_stake = (self.eval_s + self.save_s) * (slowdown - clock.load)  # what assuming the worst would add
+        retimed = fits and probe.affordable(clock.elapsed(), slowdown, at_stake)
         if retimed:
             resume = clock.pause()
             scale = probe.retime(slowdown)
@@ -816,8 +817,8 @@ class _TailProbe:
     ``hysteresis`` since the last probe, the same batch is timed again and the tail estimate is scaled by the
     evaluation's own slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far
     more from competing threads than the evaluation does, and so the steps' slowdown bounds the scale. When the probe
-    would not fit before the tail, or probing has had its ``share`` of the elapsed time, the steps' slowdown is
-    assumed instead (cautious: the run ends early rather than late). The bound matters under busy-loop competitors on
+    would not fit before the tail, or probing has had its ``share`` of the elapsed time and would cost more than the
+    reserve the assumption adds (:meth:`affordable`), the steps' slowdown is assumed instead (cautious: the run ends early rather than late). The bound matters under busy-loop competitors on
     2 cores, where one probe in a few is caught by the scheduler and reads 30x while the steps run at their usual
     speed: taken as is, it reserved seconds and ended a run that early.
     """
@@ -842,9 +843,13 @@ class _TailProbe:
         ratio = slowdown / self.at_slowdown
         return ratio > self.hysteresis or ratio < 1 / self.hysteresis
 
-    def affordable(self, elapsed: float, slowdown: float) -> bool:
-        """Whether probing now keeps the time spent probing within ``share`` of ``elapsed``."""
-        return self.spent + self.cost(slowdown) <= self.share * elapsed
+    def affordable(self, elapsed: float, slowdown: float, at_stake: float = 0.0) -> bool:
+        """Whether probing now is worth its time: it keeps the time spent probing within ``share`` of ``elapsed``, or
+        it costs less than ``at_stake``, the reserve that assuming the steps' slowdown instead would add. Early in a
+        short run the share is a few milliseconds, and two steps caught by a hiccup (30-60x slower) then made the
+        run assume a tail that much slower: it reserved more than the time left and stopped training for good."""
+        cost = self.cost(slowdown)
+        return self.spent + cost <= self.share * elapsed or cost < at_stake
 
     def cost(self, slowdown: float) -> float:
         """The predicted cost of :meth:`retime` under this slowdown."""
