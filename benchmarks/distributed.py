@@ -19,6 +19,8 @@ where the machine has the cores; the same accuracy or better at equal budget.
     python benchmarks/distributed.py --data synthetic --model cnn --batch-size 128 --seconds 60 --rounds 3
     python benchmarks/distributed.py --data synthetic --per-rank-batch 128 --seconds 60 --rounds 3 --no-plain
     python benchmarks/distributed.py --data synthetic --per-rank-batch 128 --seconds 30 --no-plain --independent
+    python benchmarks/hard_data.py digits28 synthetic20k --out data   # sets with long steps and long epochs
+    python benchmarks/distributed.py --data data/digits28.npz --per-rank-batch 128 --seconds 30 --rounds 3 --no-plain
     python benchmarks/distributed.py --device cuda --procs 1 2 4 --seconds 60   # on a machine with several GPUs
 """
 from __future__ import annotations
