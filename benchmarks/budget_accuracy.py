@@ -151,6 +151,8 @@ class Result:
     backprop: float  # passes' worth of samples back-propagated (``passes`` but for Selective-Backprop)
     budget: float  # seconds
     train_s: float  # seconds of the training window
+    reserve_s: float = math.nan  # the tail's reserve at the end (tables before session 11 lack it)
+    load_events: int = -1  # re-timings of the tail after a change of the steps' speed: what a short train_s follows
 
 
 def train_retrying(config: Config) -> dict[str, Any]:
@@ -167,8 +169,8 @@ def train_retrying(config: Config) -> dict[str, Any]:
 def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out: Path) -> Result:
     s = train_retrying(Config(seconds=budget, data=spec, seed=seed, quiet=True, device="cpu", out=str(out),
                               **overrides))
-    phases = [json.loads(line).get("phase", "") for line in (out / "metrics.jsonl").read_text().splitlines()
-              if '"epoch"' in line]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    phases = [r.get("phase", "") for r in records if r.get("event") == "epoch"]
     metrics = s["test_metrics"]
     return Result(
         metric=100 * metrics["accuracy"] if "accuracy" in metrics else metrics["rmse"],
@@ -178,6 +180,8 @@ def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out:
         backprop=s.get("strategy_stats", {}).get("backprop_samples", s["samples_trained"]) / s["n_train"],
         budget=budget,
         train_s=s["train_s"],
+        reserve_s=s["tail_reserved_s"],
+        load_events=sum(r.get("event") == "load" for r in records),
     )
 
 
