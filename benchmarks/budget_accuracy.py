@@ -263,7 +263,8 @@ def table(results: dict[Key, list[Result]], dataset: str, passes: list[float], v
             m, sd = mean_std([r.metric for r in rs])
             digits = 3 if dataset == "regression" else 2
             diff = "" if name == "full" else "{:+.{d}f} ±{:.{d}f}".format(*paired(results, (dataset, p, name)), d=digits)
-            cells.append(f"{m:>7.{digits}f} ±{sd:>4.{digits}f}{diff:>17}{statistics.fmean(r.passes for r in rs):>4.0f}")
+            passes_run = statistics.fmean(r.passes for r in rs)
+            cells.append(f"{m:>7.{digits}f} ±{sd:>4.{digits}f}{diff:>17}{passes_run:>4.0f}")
         lines.append(f"{name:<16}" + "".join(f"{c:>34}" for c in cells))
     switched = []
     for name in variants:
@@ -314,10 +315,10 @@ def goals(results: dict[Key, list[Result]], datasets: list[str], passes: list[fl
                     checks.append((f"{diff:+.2f} vs full (goal >= +3)", diff >= 3.0))
                 if dataset == "redundant" and p < 10:
                     checks.append((f"{diff:+.2f} vs full (goal >= +1)", diff >= 1.0))
+            d = 4 if regression else 2
             for text, ok in checks:
-                d = 4 if regression else 2
-                lines.append(f"{candidate}, {dataset} {p:g} passes: {text}; paired vs full {diff:+.{d}f} ±{half:.{d}f}: "
-                             f"{'met' if ok else 'NOT met'}")
+                lines.append(f"{candidate}, {dataset} {p:g} passes: {text}; paired vs full {diff:+.{d}f} "
+                             f"±{half:.{d}f}: {'met' if ok else 'NOT met'}")
     return lines
 
 

@@ -818,9 +818,10 @@ class _TailProbe:
     evaluation's own slowdown: scaling it by the steps' slowdown would over-reserve, since small steps suffer far
     more from competing threads than the evaluation does, and so the steps' slowdown bounds the scale. When the probe
     would not fit before the tail, or probing has had its ``share`` of the elapsed time and would cost more than the
-    reserve the assumption adds (:meth:`affordable`), the steps' slowdown is assumed instead (cautious: the run ends early rather than late). The bound matters under busy-loop competitors on
-    2 cores, where one probe in a few is caught by the scheduler and reads 30x while the steps run at their usual
-    speed: taken as is, it reserved seconds and ended a run that early.
+    reserve the assumption adds (:meth:`affordable`), the steps' slowdown is assumed instead (cautious: the run ends
+    early rather than late). The bound matters under busy-loop competitors on 2 cores, where one probe in a few is
+    caught by the scheduler and reads 30x while the steps run at their usual speed: taken as is, it reserved seconds
+    and ended a run that early.
     """
 
     def __init__(
