@@ -298,16 +298,14 @@ def goals(results: dict[Key, list[Result]], datasets: list[str], passes: list[fl
             refs = {n: mean[(dataset, p, n)] for n in REFERENCES}
             value = mean[(dataset, p, candidate)]
             diff, half = paired(results, (dataset, p, candidate))
+            best = (min if regression else max)(refs, key=refs.__getitem__)  # RMSE: lower is better
+            to_best, half_best = paired(results, (dataset, p, candidate), best)
             if regression:
-                best = min(refs, key=refs.__getitem__)
-                to_best, half_best = paired(results, (dataset, p, candidate), best)
                 beyond = to_best - half_best > 0.003 * refs[best]
                 checks = [(f"RMSE {value:.3f} vs best {best} {refs[best]:.3f} (goal <= +0.3%), paired "
                            f"{to_best:+.4f} ±{half_best:.4f}{', worse beyond noise' if beyond else ''}",
                            value <= 1.003 * refs[best])]
             else:
-                best = max(refs, key=refs.__getitem__)
-                to_best, half_best = paired(results, (dataset, p, candidate), best)
                 beyond = to_best + half_best < -0.3
                 checks = [(f"{value - refs[best]:+.2f} vs best {best} (goal >= -0.3), paired {to_best:+.2f} "
                            f"±{half_best:.2f}{', worse beyond noise' if beyond else ''}", value >= refs[best] - 0.3)]

@@ -12,7 +12,6 @@ back, a few steps late, when the device has finished them: the host never waits 
 from __future__ import annotations
 
 import math
-
 import os
 import statistics
 import time
