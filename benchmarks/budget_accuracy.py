@@ -186,6 +186,7 @@ class Result:
     train_s: float  # seconds of the training window
     reserve_s: float = math.nan  # the tail's reserve at the end (tables before session 11 lack it)
     load_events: int = -1  # re-timings of the tail after a change of the steps' speed: what a short train_s follows
+    seed: int = -1  # the training seed: what pairs runs (tables before session 12 lack it; see ``paired``)
 
 
 def train_retrying(config: Config) -> dict[str, Any]:
@@ -215,6 +216,7 @@ def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out:
         train_s=s["train_s"],
         reserve_s=s["tail_reserved_s"],
         load_events=sum(r.get("event") == "load" for r in records),
+        seed=seed,
     )
 
 
@@ -278,8 +280,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def paired(results: dict[Key, list[Result]], key: Key, reference: str = "full") -> tuple[float, float]:
-    """Mean of the per-seed differences (variant - reference) and the half-width of its 95% t-interval."""
-    diffs = [a.metric - b.metric for a, b in zip(results[key], results[(key[0], key[1], reference)])]
+    """Mean of the per-seed differences (variant - reference) and the half-width of its 95% t-interval, over the seeds
+    both ran (runs without a seed, from tables before session 12, pair up in order: every variant of a table ran every
+    seed)."""
+    runs, refs = results[key], results[(key[0], key[1], reference)]
+    if all(r.seed >= 0 for r in runs + refs):
+        by_seed = {r.seed: r for r in refs}
+        diffs = [r.metric - by_seed[r.seed].metric for r in runs if r.seed in by_seed]
+    else:
+        diffs = [a.metric - b.metric for a, b in zip(runs, refs, strict=True)]
     mean, sd = mean_std(diffs)
     half = T95.get(len(diffs) - 1, 1.96) * sd / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
     return mean, half
