@@ -76,6 +76,7 @@ from timebudget.errors import BudgetTooSmall  # noqa: E402
 from timebudget.trainer import default_batch, train  # noqa: E402
 
 SIZE, ROWS, TEST_ROWS = 28, 4000, 1000  # digit image side, training and test rows
+ORACLE, ORACLE_SUFFIX = "dedup", "/originals"  # the oracle variant, and the key of its data beside a redundant set's
 # name -> Config overrides. The references and the other methods run with the noise filter off; "default" is Config()'s
 # (infobatch under the automatic filter, pruning classification only where the window affords 8 passes); "infobatch"
 # prunes at any budget, as the paper.
@@ -93,14 +94,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full/step": {"strategy": "full", "filter_noisy": "false", "schedule": "step"},
     "full/constant": {"strategy": "full", "filter_noisy": "false", "schedule": "constant"},
     # on a redundant set's originals (``originals``) only, at the batch ``full`` has on the 4,000 rows: only the copies
-    # differ (the trainer's default for 400 rows would be 16, which the session 12 tables ran)
-    "dedup": {"strategy": "full", "filter_noisy": "false", "batch_size": default_batch("tabular", ROWS)},
+    # differ (the trainer's default for 400 rows would be 16, which session 12's first tables ran)
+    ORACLE: {"strategy": "full", "filter_noisy": "false", "batch_size": default_batch("tabular", ROWS)},
 }
-DEFAULT_VARIANTS = ["full", "random", "infobatch", "importance", "default", "dedup"]
+DEFAULT_VARIANTS = ["full", "random", "infobatch", "importance", "default", ORACLE]
 REFERENCES = ("full", "random", "infobatch")
 DATASETS = ["clean", "flip10", "flip20", "flip40", "redundant", "redundant-zipf", "imbalanced", "regression"]
 REDUNDANT = {"redundant": 400, "redundant-zipf": 1000}  # redundant set -> its distinct originals
-ORACLE, ORACLE_SUFFIX = "dedup", "/originals"  # the oracle variant, and the key of its data beside a redundant set's
 # three budgets, not four: at 28x28 a 1-3-10-30 table takes over an hour on the shared 2-core machine (the 30-pass
 # budget alone about 14 s per run under load); 2 passes is the few-pass cell, 10 the first of the noise goals
 PASSES = [2.0, 10.0, 30.0]
@@ -310,7 +310,8 @@ def table(results: dict[Key, list[Result]], dataset: str, passes: list[float], v
             rs = results[(dataset, p, name)]
             m, sd = mean_std([r.metric for r in rs])
             digits = 3 if dataset == "regression" else 2
-            diff = "" if name == "full" else "{:+.{d}f} ±{:.{d}f}".format(*paired(results, (dataset, p, name)), d=digits)
+            diff = ("" if name == "full"
+                    else "{:+.{d}f} ±{:.{d}f}".format(*paired(results, (dataset, p, name)), d=digits))
             passes_run = statistics.fmean(r.passes for r in rs)
             cells.append(f"{m:>7.{digits}f} ±{sd:>4.{digits}f}{diff:>17}{passes_run:>4.0f}")
         lines.append(f"{name:<16}" + "".join(f"{c:>34}" for c in cells))
@@ -375,6 +376,11 @@ def pool(files: list[Path], candidates: list[str]) -> None:
         for key, rows in json.loads(path.read_text())["results"].items():
             dataset, p, name = key.split("|")
             results.setdefault((dataset, float(p), name), []).extend(Result(**row) for row in rows)
+    for (dataset, p, name), rs in results.items():
+        seeds = [r.seed for r in rs if r.seed >= 0]
+        if len(set(seeds)) < len(seeds):
+            raise SystemExit(f"--pool: {dataset} at {p:g} passes, {name}: a training seed appears twice; pool tables "
+                             "of different seeds")
     datasets = [d for d in DATASETS if any(k[0] == d for k in results)]
     passes = sorted({k[1] for k in results})
     variants = list(dict.fromkeys(k[2] for k in results))
@@ -414,7 +420,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
                         help="run nothing: print the tables and goals of these --json files' runs pooled (the same "
-                             "variants and budgets in each; seeds pair up in file order)")
+                             "budgets in each; runs pair up by seed, and in file order in tables before session 12)")
     args = parser.parse_args()
     if args.pool:
         pool(args.pool, args.candidates)
