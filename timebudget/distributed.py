@@ -467,7 +467,7 @@ def init(device: str, budget_s: float, start: float, now: Callable[[], float] = 
     missing = [key for key in ("RANK", "MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
     if missing:
         raise TimebudgetError(f"WORLD_SIZE is {size} but {', '.join(missing)} is not set: launch with torchrun")
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
     kwargs: dict[str, Any] = {}
