@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 16 in one go, for a session that has a CUDA device: about 8 minutes on one H100 or H200.
+# The GPU checks of issues 4 and 16 in one go, for a session that has a CUDA device: about 10 minutes on one H200.
 #
-#   bash benchmarks/gpu_check.sh              # logs under $OUT if set, else runs/gpu-check-<time>/
-#   TOTAL_S=600 bash benchmarks/gpu_check.sh  # a larger overall limit
+#   bash benchmarks/gpu_check.sh                              # logs under $OUT if set, else runs/gpu-check-<time>/
+#   TOTAL_S=600 bash benchmarks/gpu_check.sh                  # a larger overall limit
+#   SECTIONS="profile deadline" bash benchmarks/gpu_check.sh  # only these sections (a device lease runs out at
+#                                                             # 10 minutes a call: split the sections over two calls)
 #
 # Sections, most important first, each with its own time limit, clipped to what is left of TOTAL_S (480 s by
 # default, which leaves the last section, airnet, little or no time; TOTAL_S=600 runs all of them in full); a section
 # cut short says so in summary.txt, and the next ones still run while time is left:
 #   env          nvidia-smi, torch and CUDA versions
-#   tests        the CUDA tests (tests/test_accel.py: end-to-end CUDA runs incl. compile, the CUDA timeline) and the
-#                start-up tests
+#   tests        the CUDA tests (tests/test_accel.py: end-to-end CUDA runs incl. compile, the CUDA timeline)
 #   profile      benchmarks/step_profile.py: kernel launches, event records and host time per step, timebudget's
 #                loop against the plain loop, resnet18 bf16 on a CIFAR-shaped set
 #   resnet18     benchmarks/throughput.py, resnet18 bf16: full and selective against the plain loop (paired rounds)
 #   startup      benchmarks/startup.py CUDA rows: the digits job, the fast config without compile, with a cold and a
 #                warm compile cache (the goal: under 5 s warm)
 #   airnet       benchmarks/throughput.py, the fast config's step (airnet, bf16, channels_last, compile)
+#   deadline     benchmarks/deadline.py on CUDA: 15 and 30 s budgets, and 20 s with a competing CPU load
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 PY=${PYTHON:-python}
 TOTAL_S=${TOTAL_S:-480}
+SECTIONS=${SECTIONS:-env tests profile resnet18 startup airnet deadline}
 START=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -29,6 +32,7 @@ SUMMARY="$OUT/summary.txt"
 section() {  # section NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S and the time left; log its status
     local name=$1 limit=$2
     shift 2
+    [[ " $SECTIONS " == *" $name "* ]] || return 0
     local left=$((TOTAL_S - ($(date +%s) - START)))
     if ((left < 20)); then
         echo "$name: skipped, ${left} s left of TOTAL_S=${TOTAL_S}" | tee -a "$SUMMARY"
@@ -47,7 +51,7 @@ section() {  # section NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S 
 
 section env 30 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, \
 torch.cuda.get_device_name(), torch.cuda.is_available())'"
-section tests 200 "$PY" -m pytest tests/test_accel.py tests/test_startup.py -q -x -rs
+section tests 200 "$PY" -m pytest tests/test_accel.py -q -rs --durations=8
 section profile 50 "$PY" benchmarks/step_profile.py --device cuda --model resnet18 --data cifar-shaped \
     --precision bf16 --seconds 6
 section resnet18 90 "$PY" benchmarks/throughput.py --devices cuda --models resnet18 --seconds 4 --rounds 3 \
@@ -55,4 +59,5 @@ section resnet18 90 "$PY" benchmarks/throughput.py --devices cuda --models resne
 section startup 120 "$PY" benchmarks/startup.py --configs floor cuda cuda-fast-nocompile cuda-fast-cold \
     cuda-fast-warm --runs 1
 section airnet 150 "$PY" benchmarks/throughput.py --devices cuda --models airnet --seconds 4 --rounds 2 --sizes 1e4
+section deadline 120 "$PY" benchmarks/deadline.py --devices cuda --budgets 15 30 --runs 1 --load-budget 20 --no-peer
 echo "total $(($(date +%s) - START)) s; logs in $OUT" | tee -a "$SUMMARY"
