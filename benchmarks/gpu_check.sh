@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 4 and 16 in one go, for a session that has a CUDA device: about 10 minutes on one H200.
+# The GPU checks of issues 4 and 16, for a session that has a CUDA device: about 10 minutes on one H200 (session 13:
+# env 3 s, tests 139 s, resnet18 70 s, startup 107 s, airnet 105 s, profile 110 s, deadline 68 s). A device call runs
+# at most 10 minutes, so split the sections over two calls made back to back, while the machine is still warm:
 #
-#   bash benchmarks/gpu_check.sh                              # logs under $OUT if set, else runs/gpu-check-<time>/
-#   TOTAL_S=600 bash benchmarks/gpu_check.sh                  # a larger overall limit
-#   SECTIONS="profile deadline" bash benchmarks/gpu_check.sh  # only these sections (a device lease runs out at
-#                                                             # 10 minutes a call: split the sections over two calls)
+#   SECTIONS="env tests resnet18 startup airnet" TOTAL_S=540 bash benchmarks/gpu_check.sh   # the first call
+#   SECTIONS="profile deadline" TOTAL_S=240 bash benchmarks/gpu_check.sh                    # the second
 #
-# Sections, most important first, each with its own time limit, clipped to what is left of TOTAL_S (480 s by
-# default, which leaves the last section, airnet, little or no time; TOTAL_S=600 runs all of them in full); a section
-# cut short says so in summary.txt, and the next ones still run while time is left:
+# Logs go under $OUT if set, else runs/gpu-check-<time>/. On the device machine python3 holds torch and the package
+# is not installed: run with PYTHON=python3 PYTHONPATH=$PWD.
+#
+# Sections, each with its own time limit, clipped to what is left of TOTAL_S (480 s by default: too little for all of
+# them, which is why the calls above name theirs). A section cut short says so in summary.txt, and the next ones still
+# run while time is left:
 #   env          nvidia-smi, torch and CUDA versions
-#   tests        the CUDA tests (tests/test_accel.py: end-to-end CUDA runs incl. compile, the CUDA timeline)
+#   tests        the CUDA tests (tests/test_accel.py: end-to-end CUDA runs incl. compile, the CUDA timeline), with
+#                TIMEBUDGET_TEST_CUDA=1: without it the tests hide the GPU (tests/conftest.py)
 #   profile      benchmarks/step_profile.py: kernel launches, event records and host time per step, timebudget's
-#                loop against the plain loop, resnet18 bf16 on a CIFAR-shaped set
+#                loop against the plain loop, resnet18 bf16 on a CIFAR-shaped set (1 s of each loop: reading the
+#                profiler's trace takes about 100 s; 6 s of each outlasted 50 s)
 #   resnet18     benchmarks/throughput.py, resnet18 bf16: full and selective against the plain loop (paired rounds)
 #   startup      benchmarks/startup.py CUDA rows: the digits job, the fast config without compile, with a cold and a
 #                warm compile cache (the goal: under 5 s warm)
@@ -51,9 +56,9 @@ section() {  # section NAME LIMIT_S COMMAND...: run with the smaller of LIMIT_S 
 
 section env 30 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, \
 torch.cuda.get_device_name(), torch.cuda.is_available())'"
-section tests 200 "$PY" -m pytest tests/test_accel.py -q -rs --durations=8
-section profile 50 "$PY" benchmarks/step_profile.py --device cuda --model resnet18 --data cifar-shaped \
-    --precision bf16 --seconds 6
+section tests 200 env TIMEBUDGET_TEST_CUDA=1 "$PY" -m pytest tests/test_accel.py -q -rs --durations=8
+section profile 130 "$PY" benchmarks/step_profile.py --device cuda --model resnet18 --data cifar-shaped \
+    --precision bf16 --seconds 1
 section resnet18 90 "$PY" benchmarks/throughput.py --devices cuda --models resnet18 --seconds 4 --rounds 3 \
     --sizes 1e4,1e6
 section startup 120 "$PY" benchmarks/startup.py --configs floor cuda cuda-fast-nocompile cuda-fast-cold \

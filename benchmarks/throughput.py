@@ -184,26 +184,34 @@ def paired_ratios(rates: list[float], plain: list[float]) -> str:
     return f"{median} [{low:.2f}-{high:.2f}]"
 
 
+def device_sync(device: torch.device) -> None:
+    """Wait for the device's queued work: a host clock read after an asynchronous launch times only the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def ranking_costs(sizes: list[int], device: torch.device) -> None:
     names = [name for name in strategies.STRATEGIES if name != "full"]
     print(f"\nOne epoch plan (ranking + subset building) in seconds, scores on {device}, progress 0.5:")
-    print(f"{'N':>10}" + "".join(f"{name:>12}" for name in names) + f"{'argsort':>12}")
+    widths = [max(12, len(name) + 2) for name in names]  # a column as wide as its name: the header stays readable
+    print(f"{'N':>10}" + "".join(f"{name:>{w}}" for name, w in zip(names, widths)) + f"{'argsort':>12}")
     for n in sizes:
         scores = ScoreTable(n, device=device)
         gen = torch.Generator().manual_seed(0)
         scores.record(torch.arange(n), torch.rand(n, generator=gen).to(device) * 3, step=1)
         row = f"{n:>10}"
-        for name in names:
+        for name, width in zip(names, widths):
             strategy = strategies.build(Config(seconds=100, strategy=name), "classification")
             ctx = strategies.EpochContext(epoch=5, progress=0.5, scores=scores, generator=gen, affordable=0.3 * n)
             strategy.plan(ctx)  # first call may allocate state
+            device_sync(device)  # the clock brackets this plan's device work alone
             t0 = time.perf_counter()
             strategy.plan(strategies.EpochContext(6, 0.5, scores, gen, 0.3 * n))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            row += f"{time.perf_counter() - t0:>12.4f}"
+            device_sync(device)
+            row += f"{time.perf_counter() - t0:>{width}.4f}"
         t0 = time.perf_counter()
         torch.argsort(scores.average)
+        device_sync(device)
         row += f"{time.perf_counter() - t0:>12.4f}"
         print(row, flush=True)
 

@@ -14,7 +14,8 @@ from timebudget.errors import TimebudgetError
 from timebudget.trainer import build_optimizer, train
 
 CPU = torch.device("cpu")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA device, shown to the tests by TIMEBUDGET_TEST_CUDA=1")
 
 
 @pytest.mark.parametrize(("precision", "probe"), [("bf16", "_is_mkldnn_bf16_supported"),
@@ -78,9 +79,11 @@ def test_channels_last_accepts_booleans_and_auto(value: object, expected: str) -
 
 
 def test_the_default_cnn_trains_in_nhwc_on_the_cpu_and_a_tabular_model_does_not(tmp_path) -> None:
-    image = train(Config(seconds=4, quiet=True, out=str(tmp_path / "digits"))).summary
+    # the CPU named: on a machine with a GPU "auto" picks it, whose start-up alone can outlast 4 s
+    image = train(Config(seconds=4, device="cpu", quiet=True, out=str(tmp_path / "digits"))).summary
     assert image["model"] == "cnn" and image["channels_last"] is True
-    tabular = train(Config(seconds=4, data="synthetic", model="mlp", quiet=True, out=str(tmp_path / "mlp"))).summary
+    tabular = train(Config(seconds=4, device="cpu", data="synthetic", model="mlp", quiet=True,
+                           out=str(tmp_path / "mlp"))).summary
     assert tabular["channels_last"] is False
 
 
