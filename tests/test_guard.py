@@ -98,10 +98,58 @@ def test_a_bad_loss_rolls_back_to_the_last_snapshot_and_lowers_the_lr(bad: float
     assert g.check(1.5, pause) == guard.OK  # a snapshot is due: state 1 is good
     run.state = 2
     g.observe(torch.tensor([bad, bad]))  # the batch mean is what is checked
+    for _ in range(guard.WINDOW - 1):  # checked with the steps after it, a window at a time: at most a window late
+        assert g.check(1.6, pause) == guard.OK
+        g.observe(torch.tensor([0.3, 0.2]))
     assert g.check(1.6, pause) == guard.ROLLED_BACK
     assert (run.restored, run.lr_scale) == ([1], guard.LR_FACTOR)
     g.observe(torch.tensor([0.3, 0.2]))
     assert g.check(1.7, pause) == guard.OK and run.restored == [1]
+
+
+def test_a_snapshot_never_takes_a_state_whose_steps_were_not_checked() -> None:
+    """A bad step still held (its window not full) when a snapshot falls due is checked first: the run rolls back
+    instead of saving the state it spoilt."""
+    run = Trainee()
+    g = run.guard()
+    run.state = 1
+    g.observe(torch.tensor([0.5]))
+    g.observe(torch.tensor([float("inf")]))
+    assert not g.tripped()  # not yet checked: the window is not full
+    assert g.check(1.5, pause) == guard.ROLLED_BACK and run.restored == [0] and g.snapshot == 0
+
+
+@pytest.mark.parametrize("sizes", [[64] * 20, [64, 64, 17, 64, 64, 64, 64, 64, 64, 3, 64]])
+def test_windows_account_the_level_as_step_by_step(sizes: list[int]) -> None:
+    """The running level after windows of equal and of mixed batch sizes is the exponential average of the step
+    means, taken in order, as a step-by-step check computes it."""
+    torch.manual_seed(0)
+    g = Trainee().guard(classes=10)
+    level = 2.3
+    for size in sizes:
+        losses = torch.rand(size) * 3
+        g.observe(losses)
+        level = guard.LEVEL_MOMENTUM * level + (1 - guard.LEVEL_MOMENTUM) * losses.mean().item()
+    assert g.state_dict()["level"] == pytest.approx(level, rel=1e-5)
+    assert not g.tripped()
+
+
+@pytest.mark.parametrize("before, after, collapsed", [(4, 4, True), (3, 4, False), (7, 1, True), (1, 6, False)])
+def test_a_row_of_label_only_steps_is_counted_across_windows(before: int, after: int, collapsed: bool) -> None:
+    """A row that begins in one window and ends in the next is one row: ``before`` label-only steps end a window,
+    ``after`` begin the next, healthy steps around them."""
+    labels = torch.arange(64) % 10
+    healthy = torch.linspace(0.5, 3.0, 64)
+    run = Trainee()
+    g = run.guard(classes=10)
+    for t in range(guard.WINDOW - before):
+        g.observe(healthy)
+    for _ in range(before + after):
+        g.observe(_label_only_losses(labels))
+    for _ in range(guard.WINDOW - after):
+        g.observe(healthy)
+    assert g.tripped() is collapsed
+    assert g.check(5.0, pause) == (guard.ROLLED_BACK if collapsed else guard.OK)
 
 
 def test_normal_noise_is_not_an_explosion() -> None:
@@ -205,18 +253,24 @@ def test_losses_that_differ_between_samples_are_no_collapse() -> None:
     assert not run.restored
 
 
+def bad_window(g: DivergenceGuard) -> None:
+    """A window of NaN steps: the next check sees it, whether or not a snapshot is due."""
+    for _ in range(guard.WINDOW):
+        g.observe(torch.tensor([float("nan")]))
+
+
 def test_rollbacks_in_a_row_are_divergence_and_a_good_snapshot_breaks_the_row() -> None:
     run = Trainee()
     g = run.guard(max_rollbacks=3)
     for t in (0.1, 0.2):
-        g.observe(torch.tensor([float("nan")]))
+        bad_window(g)
         assert g.check(t, pause) == guard.ROLLED_BACK
     g.observe(torch.tensor([0.5]))
     assert g.check(1.5, pause) == guard.OK  # a good snapshot: the row starts again
     for t in (1.6, 1.7):
-        g.observe(torch.tensor([float("nan")]))
+        bad_window(g)
         assert g.check(t, pause) == guard.ROLLED_BACK
-    g.observe(torch.tensor([float("nan")]))
+    bad_window(g)
     assert g.check(1.8, pause) == guard.DIVERGED
     assert len(g.rollbacks) == 5 and run.lr_scale == guard.LR_FACTOR ** 4  # no lowering at the divergence
 

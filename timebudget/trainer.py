@@ -612,7 +612,7 @@ class _Run:
         losses = torch.cat(epoch_losses) if epoch_losses else torch.empty(0, device=self.device)
         _, losses = self.world.all_gather_losses(order[:done], losses)
         cursor = checkpoint.Cursor(self.epochs, self.epoch_order, weights, losses, done)  # every rank's losses
-        self.rank_states = self.world.gather_objects(checkpoint.rank_state(self, bool(self.guard.bad)))
+        self.rank_states = self.world.gather_objects(checkpoint.rank_state(self, self.guard.flagged()))
         if self.world.is_writer and not any(state["bad"] for state in self.rank_states):
             with checks.writing(self.out_dir):
                 artifacts.save_torch(self.out_dir / checkpoint.NAME, self.checkpoint(cursor))
