@@ -1,16 +1,16 @@
 """The divergence guard: a non-finite or exploding loss rolls the run back to its last good state at a lower lr.
 
 The guard keeps each step's losses (a reference, no copy) and checks them ``WINDOW`` steps at a time, as one
-(steps x batch) tensor: about 25 operators per window instead of per step. Checked step by step, they were 26 kernel
-launches a step on CUDA (about 14% of resnet18's, which on a fast GPU is host time the device waits for) and 17
-operators on the CPU. A loss is bad when its batch mean is not finite or exceeds ``EXPLODE`` times the larger of the
-running level (as it stood before the window) and the loss measured at calibration (the level of an untrained model:
-normal batch-to-batch noise never comes near it, an exploding model passes it at once). The "bad" flag accumulates on
-the device, with no host-device synchronisation; on CUDA it is read through a copy made without waiting and read a few
-steps later, when its event reports it arrived (as the clock reads step ends). So a bad step is acted on up to
-``WINDOW`` steps (and on CUDA a few more) after it was trained: those steps are rolled back with it. Every decision
-that must not miss a step (a snapshot, a resumable checkpoint, the final check, the saved level) checks the steps
-still held first.
+(steps x batch) tensor: about 50 torch calls per window, and 2 per step. Checked step by step they were 18 calls a
+step, by their count about 26 kernel launches a step on CUDA (about 14% of resnet18's, which on a fast GPU is host time
+the device waits for); windowed, 8.7 calls a step on the CPU (session 13, a digits run). A loss is bad when its batch
+mean is not finite or exceeds ``EXPLODE`` times the larger of the running level (as it stood before the window) and
+the loss measured at calibration (the level of an untrained model: normal batch-to-batch noise never comes near it, an
+exploding model passes it at once). The "bad" flag accumulates on the device, with no host-device synchronisation; on
+CUDA it is read through a copy made without waiting and read a few steps later, when its event reports it arrived (as
+the clock reads step ends). So a bad step is acted on up to ``WINDOW`` steps (and on CUDA a few more) after it was
+trained: those steps are rolled back with it. Every decision that must not miss a step (a snapshot, a resumable
+checkpoint, the final check, the saved level) checks the steps still held first.
 
 A classifier can also fail without any loss going bad: one large step kills every ReLU of a layer, the logits become
 the same for every input, and the loss sits at about ln(classes) until the deadline (issue 11's textbook CNN on
