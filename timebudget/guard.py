@@ -34,7 +34,8 @@ Under torchrun the decisions are collective, so the DDP replicas stay identical:
 :meth:`DivergenceGuard.tripped` and rank 0's :meth:`DivergenceGuard.due` into the per-step agreement it already makes
 (no extra collective per step) and passes the agreed values to :meth:`DivergenceGuard.check`; every rank then rolls
 back, or snapshots, after the same step. A bad loss on one rank is a bad step on all of them (DDP averages its
-gradients into every replica). The settled read at a snapshot on CUDA, and the final check, ask ``any_rank``.
+gradients into every replica). The settled read at a snapshot (the steps held checked first), and the final check, ask
+``any_rank``.
 """
 from __future__ import annotations
 
