@@ -18,7 +18,8 @@
 #   profile      benchmarks/step_profile.py: kernel launches, event records and host time per step, timebudget's
 #                loop against the plain loop, resnet18 bf16 on a CIFAR-shaped set (1 s of each loop: reading the
 #                profiler's trace takes about 100 s; 6 s of each outlasted 50 s)
-#   resnet18     benchmarks/throughput.py, resnet18 bf16: full and selective against the plain loop (paired rounds)
+#   resnet18     benchmarks/throughput.py, resnet18 bf16: full and selective against the plain loop (paired rounds), on
+#                50,000 CIFAR-shaped rows as in CIFAR-10 (session 13 used the default 5,000: epochs of tens of ms)
 #   startup      benchmarks/startup.py CUDA rows: the digits job, the fast config without compile, with a cold and a
 #                warm compile cache (the goal: under 5 s warm)
 #   airnet       benchmarks/throughput.py, the fast config's step (airnet, bf16, channels_last, compile)
@@ -60,9 +61,10 @@ section tests 200 env TIMEBUDGET_TEST_CUDA=1 "$PY" -m pytest tests/test_accel.py
 section profile 130 "$PY" benchmarks/step_profile.py --device cuda --model resnet18 --data cifar-shaped \
     --precision bf16 --seconds 1
 section resnet18 90 "$PY" benchmarks/throughput.py --devices cuda --models resnet18 --seconds 4 --rounds 3 \
-    --sizes 1e4,1e6
+    --sizes 1e4,1e6 --rows 50000
 section startup 120 "$PY" benchmarks/startup.py --configs floor cuda cuda-fast-nocompile cuda-fast-cold \
     cuda-fast-warm --runs 1
-section airnet 150 "$PY" benchmarks/throughput.py --devices cuda --models airnet --seconds 4 --rounds 2 --sizes 1e4
+section airnet 150 "$PY" benchmarks/throughput.py --devices cuda --models airnet --seconds 4 --rounds 2 --sizes 1e4 \
+    --rows 50000
 section deadline 120 "$PY" benchmarks/deadline.py --devices cuda --budgets 15 30 --runs 1 --load-budget 20 --no-peer
 echo "total $(($(date +%s) - START)) s; logs in $OUT" | tee -a "$SUMMARY"

@@ -118,7 +118,7 @@ def cifar_shaped(path: Path, n: int = 5000) -> str:
 
 
 def throughput_cases(args: argparse.Namespace, tmp: Path) -> None:
-    cifar = cifar_shaped(tmp / "cifar_shaped.npz")
+    cifar = cifar_shaped(tmp / "cifar_shaped.npz", args.rows)
     # the fast config's step (configs/cifar10-fast.yaml), without weight averaging, which the plain loop lacks
     fast = yaml.safe_load(FAST_CONFIG.read_text())
     fast_options = {key: fast[key] for key in ("batch_size", "channels_last", "compile", "augment", "label_smoothing")}
@@ -228,6 +228,9 @@ def main() -> None:
     parser.add_argument("--plain-optimizer", choices=("same", "default"), default="same",
                         help="the plain loop's update: same as timebudget's (fused; default) or torch's default")
     parser.add_argument("--sizes", default="1e4,1e5,1e6,1e7", help="N for the ranking costs")
+    parser.add_argument("--rows", type=int, default=5000,
+                        help="training rows of the CIFAR-shaped set (CIFAR-10 has 50,000: on a fast GPU an epoch of "
+                             "5,000 lasts tens of milliseconds, and the per-epoch work weighs ten times as much)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 s runs, 1 round, N up to 1e5")
     args = parser.parse_args()
     if args.quick:
@@ -238,6 +241,8 @@ def main() -> None:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.seconds <= 0:
         parser.error(f"--seconds must be positive, got {args.seconds:g}")
+    if args.rows < 1:
+        parser.error(f"--rows must be at least 1, got {args.rows}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"command: python {' '.join(sys.argv)}")
