@@ -54,6 +54,7 @@ more); development check: ``--data-seed 100 --seeds 100 101 102``; smoke run: ``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -147,9 +148,11 @@ def make_set(name: str, seed: int = DATA_SEED) -> hard_data.Split:
     return hard_data.Split(_flat(base.x_train), y, _flat(base.x_test), base.y_test)
 
 
+@functools.lru_cache(maxsize=8)
 def originals(name: str, seed: int = DATA_SEED) -> hard_data.Split:
     """The distinct digits a redundant set copies, each once and without the copies' pixel noise: the training data of
-    the ``dedup`` oracle, which knows what no method is told."""
+    the ``dedup`` oracle, which knows what no method is told. Cached: ``write_sets`` writes them beside the set that
+    ``make_set`` builds from them (the arrays are only read)."""
     base = hard_data.digits_images(SIZE, REDUNDANT[name], TEST_ROWS, seed=seed)
     return hard_data.Split(_flat(base.x_train), base.y_train, _flat(base.x_test), base.y_test)
 
