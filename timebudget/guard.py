@@ -153,7 +153,8 @@ class DivergenceGuard:
             self.collapsed |= row.max() >= COLLAPSE_STEPS
             self.constant_steps.copy_(row[-1])
             self.bad |= self.collapsed
-        self.bad |= bad.any()
+        any_bad = bad.any()
+        self.bad |= any_bad
         # the exponential average over the window's means, in order; a window with a bad step keeps the level (the
         # flag then rolls the run back)
         weights = self._weights.get(len(rows))
@@ -162,7 +163,7 @@ class DivergenceGuard:
             powers = LEVEL_MOMENTUM ** torch.arange(k - 1, -1, -1, dtype=torch.float32, device=rows.device)
             weights = self._weights[k] = (1 - LEVEL_MOMENTUM) * powers
         updated = LEVEL_MOMENTUM ** len(rows) * self.level + (weights * torch.where(bad, 0.0, means)).sum()
-        self.level.copy_(torch.where(bad.any(), self.level, updated))
+        self.level.copy_(torch.where(any_bad, self.level, updated))
 
     def label_only(self, losses: torch.Tensor, means: torch.Tensor) -> torch.Tensor | None:
         """Per row of ``losses`` (steps x batch): whether the step's losses take at most one value per class while
