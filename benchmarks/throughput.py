@@ -60,6 +60,12 @@ class Case:
                 "augment": self.augment, "label_smoothing": self.label_smoothing}
 
 
+def device_sync(device: torch.device) -> None:
+    """Wait for the device's queued work: a host clock read after an asynchronous launch times only the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def plain_loop(
     x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, case: Case, lr: float, seconds: float, optimizer: str
 ) -> float:
@@ -76,7 +82,6 @@ def plain_loop(
     options = accel.optimizer_options(list(model.parameters())) if optimizer == "same" else {}
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4, **options)
     dtype = torch.bfloat16 if case.precision == "bf16" else None
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     aug_gen = torch.Generator(device).manual_seed(0)
 
     def step(idx: torch.Tensor) -> None:
@@ -90,7 +95,7 @@ def plain_loop(
     warm = torch.arange(case.batch_size, device=device) % len(x)
     for _ in range(3 if case.compile else 2):
         step(warm)
-    sync()
+    device_sync(device)
     samples, start = 0, time.perf_counter()
     end = start + seconds
     while time.perf_counter() < end:
@@ -103,7 +108,7 @@ def plain_loop(
             samples += len(idx)
             if time.perf_counter() >= end:
                 break
-    sync()
+    device_sync(device)
     return samples / (time.perf_counter() - start)
 
 
@@ -182,12 +187,6 @@ def paired_ratios(rates: list[float], plain: list[float]) -> str:
         return median
     low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
     return f"{median} [{low:.2f}-{high:.2f}]"
-
-
-def device_sync(device: torch.device) -> None:
-    """Wait for the device's queued work: a host clock read after an asynchronous launch times only the launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def ranking_costs(sizes: list[int], device: torch.device) -> None:
