@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 4 and 16, for a session that has a CUDA device: about 10 minutes on one H200 (session 13:
-# env 3 s, tests 139 s, resnet18 70 s, startup 107 s, airnet 105 s, profile 110 s, deadline 68 s). A device call runs
+# The GPU checks of issues 4 and 16, for a session that has a CUDA device: about 11 minutes on one H200 (session 14:
+# env 7 s, tests 139 s, resnet18 over 90 s at 50,000 rows, airnet 125 s, profile 88 s, deadline 68 s; session 13:
+# startup 107 s). A device call runs
 # at most 10 minutes, so split the sections over two calls made back to back, while the machine is still warm:
 #
-#   SECTIONS="env tests resnet18 startup airnet" TOTAL_S=540 bash benchmarks/gpu_check.sh   # the first call
-#   SECTIONS="profile deadline" TOTAL_S=240 bash benchmarks/gpu_check.sh                    # the second
+#   SECTIONS="env tests resnet18 airnet" TOTAL_S=450 bash benchmarks/gpu_check.sh       # the first call
+#   SECTIONS="startup profile deadline" TOTAL_S=280 bash benchmarks/gpu_check.sh   # the second
 #
 # Logs go under $OUT if set, else runs/gpu-check-<time>/. On the device machine python3 holds torch and the package
 # is not installed: run with PYTHON=python3 PYTHONPATH=$PWD.
@@ -60,7 +61,7 @@ torch.cuda.get_device_name(), torch.cuda.is_available())'"
 section tests 200 env TIMEBUDGET_TEST_CUDA=1 "$PY" -m pytest tests/test_accel.py -q -rs --durations=8
 section profile 130 "$PY" benchmarks/step_profile.py --device cuda --model resnet18 --data cifar-shaped \
     --precision bf16 --seconds 1
-section resnet18 90 "$PY" benchmarks/throughput.py --devices cuda --models resnet18 --seconds 4 --rounds 3 \
+section resnet18 160 "$PY" benchmarks/throughput.py --devices cuda --models resnet18 --seconds 4 --rounds 3 \
     --sizes 1e4,1e6 --rows 50000
 section startup 120 "$PY" benchmarks/startup.py --configs floor cuda cuda-fast-nocompile cuda-fast-cold \
     cuda-fast-warm --runs 1
