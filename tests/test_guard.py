@@ -119,6 +119,46 @@ def test_a_snapshot_never_takes_a_state_whose_steps_were_not_checked() -> None:
     assert g.check(1.5, pause) == guard.ROLLED_BACK and run.restored == [0] and g.snapshot == 0
 
 
+class ArrivedEvent:
+    """A stand-in for ``torch.cuda.Event`` whose copy has always arrived: the device path of ``tripped`` on a CPU."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        ArrivedEvent.made += 1
+
+    def record(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+def test_on_cuda_the_flag_is_copied_once_per_window_and_a_bad_step_is_read_at_most_a_window_late(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device path reads the flag through a copy that is checked a step later; the flag changes only when a
+    window is checked, so the copy is made once per window, not once per step (each is a device-to-host copy and an
+    event on the host's critical path)."""
+    monkeypatch.setattr(torch.cuda, "Event", ArrivedEvent)
+    run = Trainee()
+    g = run.guard()
+    g.on_host = False
+    ArrivedEvent.made = 0
+    for _ in range(3 * guard.WINDOW):
+        g.observe(torch.tensor([0.5, 0.7]))
+        assert not g.tripped()
+    assert ArrivedEvent.made == 3
+    g.observe(torch.tensor([float("nan"), 0.7]))
+    late = 0
+    while not g.tripped():
+        g.observe(torch.tensor([0.5, 0.7]))
+        late += 1
+    assert late == guard.WINDOW  # the window's last step checks it, the copy made then is read at the next step
+    assert g.check(2.0, pause, tripped=True) == guard.ROLLED_BACK
+    made = ArrivedEvent.made
+    assert not g.tripped() and ArrivedEvent.made == made  # nothing checked since the rollback: nothing to copy
+
+
 @pytest.mark.parametrize("sizes", [[64] * 20, [64, 64, 17, 64, 64, 64, 64, 64, 64, 3, 64]])
 def test_windows_account_the_level_as_step_by_step(sizes: list[int]) -> None:
     """The running level after windows of equal and of mixed batch sizes is the exponential average of the step

@@ -107,7 +107,8 @@ class DivergenceGuard:
         self.collapsed = torch.zeros((), dtype=torch.bool, device=device)
         self._held: list[torch.Tensor] = []  # the steps' losses not yet checked
         self._weights: dict[int, torch.Tensor] = {}  # per window length: each step's weight in the level's update
-        self._pending: tuple[torch.Tensor, Any] | None = None
+        self._pending: tuple[torch.Tensor, Any] | None = None  # CUDA: the flag's copy on its way to the host
+        self._unread = False  # CUDA: a window was checked since the flag's last copy (it changes only then)
         self.snapshot: Any = None
         self.snapshot_at = -math.inf
         self.streak = 0  # rollbacks since the last good snapshot
@@ -132,6 +133,7 @@ class DivergenceGuard:
         held, self._held = self._held, []
         if not held:
             return
+        self._unread = True
         if all(h.shape == held[0].shape for h in held):
             self._check(torch.stack(held).flatten(1))
         else:
@@ -191,14 +193,15 @@ class DivergenceGuard:
 
     def tripped(self) -> bool:
         """Whether the flag has been seen set, as of the last window checked: read at once on a CPU, through a copy
-        read a few steps late on CUDA."""
+        read a few steps late on CUDA, made once per window checked (not per step: the flag changes only then)."""
         if self.on_host:
             return bool(self.bad)
         if self._pending is not None and self._pending[1].query():
             seen, self._pending = bool(self._pending[0]), None
             if seen:
                 return True
-        if self._pending is None:
+        if self._pending is None and self._unread:
+            self._unread = False
             host = self.bad.to("cpu", non_blocking=True)
             arrived = torch.cuda.Event()
             arrived.record()
@@ -247,7 +250,7 @@ class DivergenceGuard:
         self.bad.zero_()
         self.constant_steps.zero_()
         self.collapsed.zero_()
-        self._pending = None
+        self._pending, self._unread = None, False
         self.streak += 1
         self.rollbacks.append({"time": round(elapsed, 4), "to_time": round(self.snapshot_at, 4), "why": why})
         if self.streak >= self.max_rollbacks:
