@@ -28,9 +28,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     made = {}
-    # first-time imports (torch._dynamo, by the first optimizer) before the budgets start: they are for training
-    data.load("synthetic")
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    data.load("synthetic")  # before the budgets start (torch._dynamo, which the first optimizer imports: conftest)
     for name, fields in (("full", {"seed": 0, "strategy": "full"}),
                          ("random", {"seed": 1, "strategy": "random", "keep_fraction": 0.5})):
         config = Config(seconds=BUDGET, data="synthetic", model="mlp", log_every=5, eval_every=1.0,
