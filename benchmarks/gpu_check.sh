@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 4 and 16, for a session that has a CUDA device: about 11 minutes on one H200 (session 14:
 # env 7 s, tests 139 s, resnet18 over 90 s at 50,000 rows, airnet 125 s, profile 88 s, deadline 68 s; session 13:
-# startup 107 s). A device call runs
-# at most 10 minutes, so split the sections over two calls made back to back, while the machine is still warm:
+# startup 107 s). A device call runs at most 10 minutes, so split the sections over two calls made back to back,
+# while the machine is still warm:
 #
 #   SECTIONS="env tests resnet18 airnet" TOTAL_S=450 bash benchmarks/gpu_check.sh       # the first call
 #   SECTIONS="startup profile deadline" TOTAL_S=280 bash benchmarks/gpu_check.sh   # the second
