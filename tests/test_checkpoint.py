@@ -62,7 +62,9 @@ def _config(out: Path, **fields: Any) -> Config:
     return Config(**{**values, **fields})
 
 
-def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layout", [checkpoint.FORMAT, 1])
+def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     layout: int) -> None:
     clock = FakeClock()
     whole = Recorder(monkeypatch, clock)
     uninterrupted = train(_config(tmp_path / "whole"), now=clock)
@@ -74,6 +76,13 @@ def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path: Path, monkeypatch
     summary = interrupted.summary
     assert (summary["status"], summary["signal"], summary["steps"]) == ("interrupted", "SIGTERM", k)
     assert first.records == whole.records[:k]
+    if layout == 1:  # as an earlier version wrote it: every epoch's record (metrics.jsonl's) instead of their tally
+        path = tmp_path / "parts" / checkpoint.NAME
+        state = torch.load(path, weights_only=True)
+        logged = [json.loads(line) for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+        del state["subsets"]
+        state.update(format=1, kept_log=[r for r in logged if r["event"] == "epoch"])
+        torch.save(state, path)
 
     by_default, _ = checkpoint.resume_config(Config(resume=str(tmp_path / "parts")))
     assert by_default.seconds == pytest.approx(4.0 - summary["elapsed_s"])  # what the first part left of its budget
@@ -90,7 +99,7 @@ def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path: Path, monkeypatch
     assert [r[2] for r in second.records] == pytest.approx([r[2] for r in whole.records[k:]], rel=1e-9, abs=1e-12)
     assert [r[3] for r in second.records] == pytest.approx([r[3] for r in whole.records[k:]])  # weights: the subset
     assert len(second.records) == n
-    assert summary["epoch_subsets"] == uninterrupted.summary["epoch_subsets"]
+    assert summary["subsets"] == uninterrupted.summary["subsets"]
     assert summary["test_metrics"] == uninterrupted.summary["test_metrics"]
     for name, value in uninterrupted.model.state_dict().items():
         assert torch.allclose(resumed.model.state_dict()[name], value, atol=1e-6), name

@@ -1,4 +1,4 @@
-"""Epoch order: a seeded shuffle, restricted to a strategy's subset, cut into batches."""
+"""Epoch order: a seeded shuffle, restricted to a strategy's subset, cut into batches; the subsets' tally."""
 from __future__ import annotations
 
 import pytest
@@ -52,3 +52,18 @@ def test_batches_drop_only_a_small_trailing_batch(n: int, batch_size: int, sizes
     chunks = sampler.batches(order, batch_size)
     assert [len(c) for c in chunks] == sizes
     assert torch.equal(torch.cat(chunks), order[: sum(sizes)])
+
+
+def test_subset_tally_sums_the_epochs_and_survives_its_state() -> None:
+    tally = sampler.SubsetTally()
+    assert tally.summary() == {"epochs": 0, "kept_fraction_mean": None, "kept_fraction_min": None,
+                               "kept_fraction_max": None, "epochs_by_phase": {}}
+    for kept, phase in [(100, "warmup"), (40, "select"), (70, "select")]:
+        tally.add(kept, 100, phase)
+    assert tally.skipped == 90 and tally.fraction_last == 0.7
+    assert tally.summary() == {"epochs": 3, "kept_fraction_mean": pytest.approx(0.7), "kept_fraction_min": 0.4,
+                               "kept_fraction_max": 1.0, "epochs_by_phase": {"warmup": 1, "select": 2}}
+    restored = sampler.SubsetTally.from_state(tally.state_dict())
+    restored.add(50, 100, "select")
+    assert tally.summary()["epochs"] == 3  # the restored tally is a copy: adding to it leaves the original alone
+    assert restored.summary()["epochs_by_phase"] == {"warmup": 1, "select": 3} and restored.skipped == 140

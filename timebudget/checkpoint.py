@@ -40,7 +40,8 @@ from .errors import TimebudgetError, first_line
 if TYPE_CHECKING:
     from .trainer import _Run
 
-FORMAT = 1  # the layout of the resumable state; a checkpoint without it cannot be resumed
+FORMAT = 2  # the layout of the resumable state; a checkpoint without it cannot be resumed
+READABLE = (1, 2)  # 1: before the subsets' tally, with a list of every epoch's record (read into a tally)
 NAME = "checkpoint.pt"
 AUTO_FROM_S = 600.0  # checkpoint_every=None: off below this budget, else every AUTO_SHARE of it
 AUTO_SHARE = 0.1
@@ -174,7 +175,7 @@ def run_state(run: _Run, cursor: Cursor | None = None) -> dict[str, Any]:
         "schedule": {"base_lr": run.schedule.base_lr, "progress": progress},
         "train_s": clock.train_s,
         "seconds_scoring": run.seconds_scoring,
-        "kept_log": run.kept_log,
+        "subsets": run.subsets.state_dict(),
         "cursor": None if cursor is None else cursor.to_dict(),
         "parts": [*run.parts, part(run)],
     }
@@ -230,7 +231,7 @@ def load(run_dir: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise TimebudgetError(f"{flag}: {NAME} cannot be read: {type(exc).__name__}: {first_line(exc)}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READABLE:
         raise TimebudgetError(f"{flag}: {NAME} holds no resumable state (written by another timebudget version?)")
     if summary is not None and summary.get("steps") == state["steps"]:
         state["parts"][-1]["elapsed_s"] = summary["elapsed_s"]  # the tail after the checkpoint was used too
@@ -315,7 +316,12 @@ def restore(run: _Run, state: dict[str, Any]) -> None:
     run.clock.progress_from = state["schedule"]["progress"]
     run.clock.train_s = state["train_s"]
     run.steps, run.samples, run.epochs = state["steps"], state["samples_trained"], state["epochs"]
-    run.seconds_scoring, run.kept_log = state["seconds_scoring"], list(state["kept_log"])
+    run.seconds_scoring = state["seconds_scoring"]
+    if state["format"] >= 2:
+        run.subsets = sampler.SubsetTally.from_state(state["subsets"])
+    else:
+        for record in state["kept_log"]:
+            run.subsets.add(record["kept"], run.n, record.get("phase", ""))
     cursor = state["cursor"]
     if cursor is not None:
         run.epochs = cursor["epoch"]

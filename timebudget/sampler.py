@@ -1,9 +1,13 @@
-"""Epoch order: a fresh shuffle of all indices, then the strategy's subset mask applied to it.
+"""Epoch order: a fresh shuffle of all indices, then the strategy's subset mask applied to it; and the tally of the
+epochs' subsets.
 
 Masking the shuffled order (as cifar10-airbench does) keeps the order random within the subset and makes the shuffle
 independent of the subset: the same seed gives the same permutation whatever the strategy keeps.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -28,3 +32,46 @@ def batches(order: torch.Tensor, batch_size: int, drop_partial: bool = False) ->
     if len(chunks) > 1 and len(chunks[-1]) < smallest:
         chunks.pop()
     return chunks
+
+
+@dataclass
+class SubsetTally:
+    """The epochs' subsets in aggregate, for the summary, the live view and a resume. Each epoch's own record goes to
+    ``metrics.jsonl`` as it happens; a per-epoch list kept here grew by about 90,000 entries in an hour on digits (11
+    steps an epoch): 0.44 s of checkpoint and 0.49 s of JSON serialisation in a tail reserved from a first, empty one."""
+
+    epochs: int = 0
+    kept: int = 0  # samples planned, summed over the epochs
+    offered: int = 0  # the training set's size, summed over the epochs
+    fraction_min: float | None = None
+    fraction_max: float | None = None
+    fraction_last: float | None = None  # the live view shows it
+    phases: dict[str, int] = field(default_factory=dict)  # epochs per plan phase
+
+    def add(self, kept: int, n: int, phase: str) -> None:
+        fraction = kept / n
+        self.epochs += 1
+        self.kept += kept
+        self.offered += n
+        self.fraction_min = fraction if self.fraction_min is None else min(self.fraction_min, fraction)
+        self.fraction_max = fraction if self.fraction_max is None else max(self.fraction_max, fraction)
+        self.fraction_last = fraction
+        self.phases[phase] = self.phases.get(phase, 0) + 1
+
+    @property
+    def skipped(self) -> int:
+        """Samples left out of the epochs' plans."""
+        return self.offered - self.kept
+
+    def summary(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "kept_fraction_mean": self.kept / self.offered if self.offered else None,
+                "kept_fraction_min": self.fraction_min, "kept_fraction_max": self.fraction_max,
+                "epochs_by_phase": dict(self.phases)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "kept": self.kept, "offered": self.offered, "fraction_min": self.fraction_min,
+                "fraction_max": self.fraction_max, "fraction_last": self.fraction_last, "phases": dict(self.phases)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SubsetTally:
+        return cls(**{**state, "phases": dict(state["phases"])})

@@ -316,7 +316,7 @@ class _Run:
         self.drop_partial = config.compile or device.type == "cuda"  # one batch shape: no recompiles, no re-tuning
         self.steps = self.epochs = self.samples = 0
         self.seconds_scoring = 0.0
-        self.kept_log: list[dict[str, Any]] = []
+        self.subsets = sampler.SubsetTally()
         self.last_eval: dict[str, Any] | None = None
         self.outcome, self.signal = "running", None  # completed, interrupted (by signal) or diverged at the end
         self.guard: guard.DivergenceGuard | None = None
@@ -351,8 +351,8 @@ class _Run:
 
     def status(self) -> progress.Status:
         """What the live view shows, read at its refreshes only."""
-        kept = self.kept_log[-1]["kept_fraction"] if self.kept_log else None
-        return progress.Status(lr=self.schedule.lr, samples=self.samples, epoch=self.epochs, kept_fraction=kept)
+        return progress.Status(lr=self.schedule.lr, samples=self.samples, epoch=self.epochs,
+                               kept_fraction=self.subsets.fraction_last)
 
     def final_model(self) -> nn.Module:
         """What is evaluated and saved: the weight average once it has started, else the trained model."""
@@ -656,7 +656,7 @@ class _Run:
                   "kept_fraction": kept / n, "phase": plan.phase}
         if replaced:
             record["plan_replaced_by_rank0"] = True
-        self.kept_log.append(record)
+        self.subsets.add(kept, n, plan.phase)
         self.log.write(record)
         return order, chunks, weights, [], 0
 
@@ -779,10 +779,9 @@ class _Run:
             "n_train": n,
             "n_test": len(self.test_batches),
             "seconds_scoring": self.seconds_scoring,
-            "samples_skipped": sum(n - r["kept"] for r in self.kept_log),
+            "samples_skipped": self.subsets.skipped,
             "fraction_seen": float(self.scores.seen.float().mean()),
-            "epoch_subsets": [{"epoch": r["epoch"], "kept": r["kept"], "kept_fraction": r["kept_fraction"]}
-                              for r in self.kept_log],
+            "subsets": self.subsets.summary(),  # each epoch's own: metrics.jsonl's "epoch" records
             "final_lr": self.schedule.lr,
             "lr_choice": self.lr_choice.to_dict(),
             "warmup": config.warmup,
