@@ -21,8 +21,8 @@ from timebudget.trainer import train
     ("optimizer", "batch", "task", "expected"),
     [("sgd", 64, "classification", 0.05), ("sgd", 128, "classification", 0.1), ("sgd", 256, "regression", 0.2),
      ("sgd", 512, "classification", 0.2), ("sgd", 100_000, "classification", 0.2),
-     ("adamw", 64, "classification", 2e-3), ("adamw", 100_000, "classification", 2e-3),
-     ("adamw", 64, "regression", 1e-3)],
+     ("adamw", 64, "classification", 1e-2), ("adamw", 100_000, "classification", 1e-2),
+     ("adamw", 64, "regression", 5e-3)],
 )
 def test_linear_scaling_is_capped_at_twice_the_reference_batch(optimizer: str, batch: int, task: str,
                                                                expected: float) -> None:
