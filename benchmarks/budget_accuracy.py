@@ -96,9 +96,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full+filter": {"strategy": "full", "filter_noisy": "true"},
     "full/step": {"strategy": "full", "filter_noisy": "false", "schedule": "step"},
     "full/constant": {"strategy": "full", "filter_noisy": "false", "schedule": "constant"},
-    # AdamW's rule rate (2e-3 for classification) against higher ones, without the range test (which only lowers)
-    "full/lr3e-3": {"strategy": "full", "filter_noisy": "false", "lr": 3e-3, "lr_range_test": False},
-    "full/lr4e-3": {"strategy": "full", "filter_noisy": "false", "lr": 4e-3, "lr_range_test": False},
+    # AdamW's rule rate for classification before session 15 (its range test never ran at these budgets); on
+    # ``regression`` this is 2e-3, not that rule's 1e-3
+    "full/lr2e-3": {"strategy": "full", "filter_noisy": "false", "lr": 2e-3, "lr_range_test": False},
     # on a redundant set's originals (``originals``) only, at the batch ``full`` has on the 4,000 rows: only the copies
     # differ (the trainer's default for 400 rows would be 16, which session 12's first tables ran)
     ORACLE: {"strategy": "full", "filter_noisy": "false", "batch_size": default_batch("tabular", ROWS)},
