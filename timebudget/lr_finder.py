@@ -5,8 +5,8 @@ The rule (:func:`rule_lr`) is a careful hand-written loop's choice: SGD (Nestero
 is most of an epoch and the linear rule's premise (many steps, each a small part of it) fails: uncapped, a batch of
 100,000 on 1,437 digits asked for lr 78. AdamW at 0.01 (0.005 for regression) for a batch of 64, scaled linearly
 below it and flat above. At batch 64 (tables of 1,000 rows or more), under the budget's warm-up and linear decay to
-zero, the built-in MLPs lost 1-2.7 accuracy points and 8-14% RMSE at the rates that were here before (0.002, 0.001)
-against rates 4-8x higher, on a plateau from 0.008 to 0.016 (0.005 to 0.008 for regression) at 2 to 30 passes
+zero, the built-in MLPs lost 0.7-3.3 accuracy points and 12-15% RMSE at the rates that were here before (0.002,
+0.001) against rates 4-8x higher, on a plateau from 0.008 to 0.016 (0.005 to 0.008 for regression) at 2 to 30 passes
 (development sets of ``benchmarks/budget_accuracy.py``, session 15). Tables of a few hundred rows train in batches of
 16 or 32 (:func:`timebudget.trainer.default_batch`) and overfit within tens of passes; there the high rate lost: on
 diabetes (353 rows, batch 16) at 1 s, MAE 55.1 at 0.005 and 54.2 at 0.0025 against 51.5 at 0.001 (10 seeds). Scaled
