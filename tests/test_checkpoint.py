@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,17 +63,33 @@ def _config(out: Path, **fields: Any) -> Config:
     return Config(**{**values, **fields})
 
 
-@pytest.mark.parametrize("layout", [checkpoint.FORMAT, 1])
+def copied_rows(path: Path) -> str:
+    """An ``.npz`` of 256 items of 256 features, each copied 8 times with a little noise (2,048 training rows, as
+    ``synthetic``), on which near-duplicate sampling acts: its epochs repeat rows."""
+    g = np.random.default_rng(0)
+    items = g.random((256, 256), dtype=np.float32)
+    x = np.repeat(items, 8, axis=0) + 0.02 * g.standard_normal((2048, 256), dtype=np.float32)
+    y = np.repeat(np.arange(256) % 4, 8)
+    np.savez(path, x_train=x, y_train=y, x_test=items[:64], y_test=y[:512:8])
+    return str(path)
+
+
+@pytest.mark.parametrize("layout, data", [(checkpoint.FORMAT, "synthetic"), (1, "synthetic"),
+                                          (checkpoint.FORMAT, "copies")])
 def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     layout: int) -> None:
+                                                     layout: int, data: str) -> None:
+    if data == "copies":
+        data = copied_rows(tmp_path / "copies.npz")
     clock = FakeClock()
     whole = Recorder(monkeypatch, clock)
-    uninterrupted = train(_config(tmp_path / "whole"), now=clock)
+    uninterrupted = train(_config(tmp_path / "whole", data=data), now=clock)
+    if data != "synthetic":
+        assert uninterrupted.summary["strategy_stats"]["dedup"]["active"]
     assert uninterrupted.summary["status"] == "completed"
 
     k = 123  # mid-epoch (synthetic: 32 batches of 64 per full epoch), in the selection phase
     first = Recorder(monkeypatch, clock, interrupt_at=k)
-    interrupted = train(_config(tmp_path / "parts"), now=clock)
+    interrupted = train(_config(tmp_path / "parts", data=data), now=clock)
     summary = interrupted.summary
     assert (summary["status"], summary["signal"], summary["steps"]) == ("interrupted", "SIGTERM", k)
     assert first.records == whole.records[:k]

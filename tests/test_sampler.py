@@ -36,6 +36,22 @@ def test_mask_must_be_bool_over_all_samples(mask: torch.Tensor) -> None:
         sampler.epoch_order(10, generator(), mask)
 
 
+def test_repeats_give_each_position_so_often_in_a_seeded_shuffle() -> None:
+    """A strategy that draws with replacement trains position i ``repeats[i]`` times, mixed through the epoch."""
+    repeats = torch.tensor([0, 3, 1, 0, 2, 1, 0, 5])
+    order = sampler.epoch_order(8, generator(3), repeats=repeats)
+    assert torch.equal(torch.bincount(order, minlength=8), repeats)
+    assert torch.equal(order, sampler.epoch_order(8, generator(3), repeats=repeats))
+    assert order.tolist() != sorted(order.tolist())
+
+
+@pytest.mark.parametrize("repeats", [torch.ones(9, dtype=torch.long), torch.ones(10),
+                                     -torch.ones(10, dtype=torch.long)])
+def test_repeats_must_be_counts_over_all_samples(repeats: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"repeats must be non-negative integers of shape \(10,\)"):
+        sampler.epoch_order(10, generator(), repeats=repeats)
+
+
 @pytest.mark.parametrize(
     ("n", "batch_size", "sizes"),
     [

@@ -23,6 +23,8 @@ from timebudget.errors import TimebudgetError
 from timebudget.scores import ScoreTable
 from timebudget.strategies import STRATEGIES, EpochContext, EpochPlan, Strategy, build, noisy
 from timebudget.strategies import importance, infobatch
+from timebudget.strategies import dedup as dedup_strategy
+from timebudget.strategies.dedup import Deduplicate
 from timebudget.strategies.base import MIN_FRACTION, RERANKS, budget_fraction
 from timebudget.strategies.selective import REFRESH_SHARE, STALE_EPOCHS
 from timebudget.strategies import selective_backprop
@@ -52,7 +54,8 @@ def context(scores: ScoreTable, progress: float = 0.5, epoch: int = 3, affordabl
 
 
 def strategy(name: str, **fields: object) -> Strategy:
-    return build(Config(seconds=100, strategy=name, **fields), "classification")
+    """Strategy ``name`` without near-duplicate sampling (its own tests are in ``test_dedup.py``)."""
+    return build(Config(seconds=100, strategy=name, **{"dedup": "false", **fields}), "classification")
 
 
 def check_mask(plan: EpochPlan, n: int) -> torch.Tensor:
@@ -67,8 +70,10 @@ def test_registry_has_every_strategy() -> None:
     assert set(STRATEGIES) == {"full", "random", "infobatch", "hard", "curriculum", "selective", "importance",
                                "selective-backprop"}
     assert tuple(STRATEGIES) == config_module.STRATEGIES  # the names config validates against
-    default = build(Config(seconds=1), "classification")  # the default: infobatch under the automatic noise filter
-    assert (default.name, default.auto, default.inner.name) == ("infobatch+filter_noisy", True, "infobatch")
+    # the default: infobatch under the automatic noise filter, under near-duplicate sampling
+    default = build(Config(seconds=1), "classification")
+    assert isinstance(default, Deduplicate) and isinstance(default.inner, noisy.NoisyFilter)
+    assert (default.name, default.inner.auto, default.inner.inner.name) == ("infobatch+filter_noisy", True, "infobatch")
     assert build(Config(seconds=1, strategy="full"), "classification").plan(context(table(ranked_losses()))) \
         == EpochPlan()
 
@@ -249,7 +254,7 @@ def test_gmm_filter_finds_planted_mislabelled_samples() -> None:
     for step in range(noisy.WARM_PASSES):
         scores.record(torch.arange(n), losses, step)
     # fits spaced by MIN_GAP, not cost
-    filtered = build(Config(seconds=1e6, strategy="full", filter_noisy=True), "classification")
+    filtered = build(Config(seconds=1e6, strategy="full", dedup="false", filter_noisy=True), "classification")
     first = filtered.plan(context(scores, progress=0.3))
     assert first.mask is None  # one fit is not persistent enough
     kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
@@ -267,7 +272,7 @@ def test_filter_never_leaves_out_an_unscored_sample() -> None:
     scores = ScoreTable(n)
     for step in range(noisy.WARM_PASSES + 1):
         scores.record(scored.nonzero().flatten(), losses[scored], step)
-    filtered = build(Config(seconds=1e6, strategy="full", filter_noisy=True), "classification", 10)
+    filtered = build(Config(seconds=1e6, strategy="full", dedup="false", filter_noisy=True), "classification", 10)
     filtered.plan(context(scores, progress=0.3))
     kept = set(check_mask(filtered.plan(context(scores, progress=0.5)), n).tolist())
     assert set(unscored.tolist()) <= kept and len(set(planted[20:].tolist()) - kept) >= 0.95 * 180
@@ -301,7 +306,7 @@ def blobs_training(rate: float, seed: int = 0, n: int = 2000, classes: int = 10,
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scores = ScoreTable(n)
     # long budget: fits spaced by MIN_GAP, not cost
-    auto = build(Config(seconds=1e6, strategy="full"), "classification", classes)
+    auto = build(Config(seconds=1e6, strategy="full", dedup="false"), "classification", classes)
     assert isinstance(auto, noisy.NoisyFilter) and auto.auto
     for epoch in range(epochs):
         auto.plan(context(scores, progress=epoch / epochs, epoch=epoch, seed=epoch))
@@ -347,7 +352,7 @@ def test_auto_filter_leaves_nothing_out_until_it_decides() -> None:
     scores = ScoreTable(n)
     step = passes(scores, losses, 0, noisy.WARM_PASSES)
     # long budget: fits spaced by MIN_GAP, not cost
-    auto = build(Config(seconds=1e6, strategy="full"), "classification", 10)
+    auto = build(Config(seconds=1e6, strategy="full", dedup="false"), "classification", 10)
     for plan_no in range(1, noisy.CONTRADICTED_PLANS):  # contradicted at 1, 2 plans in a row: not yet
         assert auto.plan(context(scores, progress=0.1 * plan_no)).mask is None and not auto.noisy
         step = passes(scores, losses, step, 1)
@@ -367,7 +372,7 @@ def test_auto_filter_stays_off_when_high_losses_pass() -> None:
     learnt[planted] = 0.5
     scores = ScoreTable(n)
     step = passes(scores, losses, 0, noisy.WARM_PASSES)
-    auto = build(Config(seconds=1e6, strategy="full"), "classification", 10)
+    auto = build(Config(seconds=1e6, strategy="full", dedup="false"), "classification", 10)
     for plan_no in range(1, 12):
         plan = auto.plan(context(scores, progress=0.05 * plan_no))
         assert plan.mask is None
@@ -382,7 +387,7 @@ def test_auto_filter_counts_only_remeasured_samples() -> None:
     losses, _ = planted_losses(n)
     scores = ScoreTable(n)
     passes(scores, losses, 0, noisy.WARM_PASSES)
-    auto = build(Config(seconds=1e6, strategy="full"), "classification", 10)
+    auto = build(Config(seconds=1e6, strategy="full", dedup="false"), "classification", 10)
     for plan_no in range(1, 6):  # the same, stale scores at every plan
         assert auto.plan(context(scores, progress=0.1 * plan_no)).mask is None
     assert not auto.noisy and auto.contradicted is not None and int(auto.contradicted.max()) == 1
@@ -392,10 +397,11 @@ def test_auto_filter_measures_the_chance_loss_without_the_class_count() -> None:
     scores = ScoreTable(4)
     scores.record(torch.tensor([2, 3]), torch.tensor([2.0, 2.2]), 0)  # the first batch: the untrained model
     scores.record(torch.tensor([0, 1]), torch.tensor([0.5, 0.7]), 1)
-    auto = build(Config(seconds=1e6, strategy="full"), "classification")
+    auto = build(Config(seconds=1e6, strategy="full", dedup="false"), "classification")
     auto.plan(context(scores, progress=0.1))
     assert auto.chance == pytest.approx(2.1)
-    assert build(Config(seconds=1e6, strategy="full"), "classification", 100).chance == pytest.approx(math.log(100))
+    known = build(Config(seconds=1e6, strategy="full", dedup="false"), "classification", 100)
+    assert known.chance == pytest.approx(math.log(100))
 
 
 def test_auto_filter_is_off_for_regression_and_forced_filter_refuses_it() -> None:
@@ -408,10 +414,10 @@ def test_auto_filter_is_off_for_regression_and_forced_filter_refuses_it() -> Non
 
 # --- importance sampling --------------------------------------------------------------------------------------------
 def test_systematic_sampling_draws_exactly_k_with_the_given_probabilities() -> None:
-    pi = importance.inclusion_probabilities(importance.sampling_distribution(torch.rand(12) ** 3, 0.2), 5)
+    pi = sampler.inclusion_probabilities(importance.sampling_distribution(torch.rand(12) ** 3, 0.2), 5)
     assert float(pi.sum()) == pytest.approx(5.0) and float(pi.max()) <= 1.0 + 1e-12
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([importance.systematic_sample(pi, g) for _ in range(20_000)])
+    draws = torch.stack([sampler.systematic_sample(pi, g) for _ in range(20_000)])
     assert bool((draws.sum(1) == 5).all())
     assert torch.allclose(draws.double().mean(0), pi, atol=0.015)
 
@@ -470,7 +476,8 @@ def test_importance_falls_back_to_uniform_when_it_does_not_pay() -> None:
     mild = strategy("importance", filter_noisy="false")
     plan = mild.plan(context(table(0.5 + 0.1 * ranked_losses())))  # scores differ, but too little to pay
     assert plan.mask is None and 1.0 < mild.tau < importance.TAU_MIN
-    l1 = build(Config(seconds=100, strategy="importance", loss="l1"), "regression")  # |grad| is constant for L1
+    # |grad| is constant for L1
+    l1 = build(Config(seconds=100, strategy="importance", loss="l1", dedup="false"), "regression")
     assert l1.plan(context(table(ranked_losses()))).phase == "uniform"
     assert strategy("importance").plan(context(table(ranked_losses()), epoch=0)).phase == "warmup"
 
@@ -617,6 +624,96 @@ def test_cli_run_with_selective(tmp_path: Path) -> None:
     check_summary(summary, tmp_path / "r")
 
 
+# --- near-duplicate sampling (the detection itself: test_dedup.py) ---------------------------------------------------
+def planted_copies(items: int, copies: list[int], features: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``items`` distinct random items, item i copied ``copies[i]`` times with a little noise; and each row's
+    item."""
+    g = torch.Generator().manual_seed(0)
+    item = torch.repeat_interleave(torch.arange(items), torch.tensor(copies))
+    return torch.rand(items, features, generator=g)[item] + 0.02 * torch.randn(len(item), features, generator=g), item
+
+
+def test_dedup_draws_about_one_copy_of_each_item_per_draw() -> None:
+    counts = torch.tensor([40] * 40 + [1] * 60)  # one item copied 40 times, 60 items once: 61 items
+    picks = torch.stack([dedup_strategy.draws(counts, None, 61, 1, torch.Generator().manual_seed(s))
+                         for s in range(300)]).float()
+    assert bool((picks.sum(1) == 61).all()) and picks.max() == 1  # one draw: without replacement
+    assert bool((picks[:, :40].sum(1) == 1).all()) and bool((picks[:, 40:] == 1).all())  # each item exactly once
+    assert picks[:, :40].sum(0).min() > 0  # and a different copy each time (a uniform draw: the item 24 times)
+    rounds = dedup_strategy.draws(counts, None, 61, 3, torch.Generator().manual_seed(0))
+    assert int(rounds.sum()) == 183 and int(rounds.max()) == 3  # three draws: a row up to three times
+
+
+def test_dedup_draws_only_among_what_the_wrapped_strategy_kept() -> None:
+    counts = torch.tensor([4] * 40 + [1] * 20)
+    allowed = torch.arange(60) % 2 == 0
+    times = dedup_strategy.draws(counts, allowed, 10, 4, torch.Generator().manual_seed(0))
+    assert int(times.sum()) == 40 and not bool(times[~allowed].any())
+
+
+def test_dedup_wraps_the_plan_in_draws_of_whole_batches_keeping_its_weights() -> None:
+    x, item = planted_copies(40, [10] * 8 + [1] * 32)  # 112 rows, 40 items
+    wrapped = build(Config(seconds=100, strategy="infobatch", filter_noisy="false", batch_size=8,
+                           prune_min_passes=0), "classification", 10, x)
+    assert isinstance(wrapped, Deduplicate) and isinstance(wrapped.inner, infobatch.InfoBatch)
+    scores = table(torch.rand(112, generator=torch.Generator().manual_seed(1)))
+    plan = wrapped.plan(context(scores, progress=0.5))
+    inner = wrapped.inner.plan(context(scores, progress=0.5))  # the same draw of the same generator seed
+    assert plan.phase == "select+dedup" and plan.mask is None and plan.repeats is not None
+    assert not bool(plan.repeats[~inner.mask].any())  # only what InfoBatch kept ...
+    assert torch.equal(plan.weights, inner.weights)  # ... with its weights
+    assert plan.kept(112) % 8 == 0 and plan.kept(112) <= inner.kept(112)
+    per_item = torch.zeros(40).index_add_(0, item, plan.repeats.float())
+    assert per_item[:8].mean() < 3 * per_item[8:].mean()  # a copied item is not trained 10x as often
+    stats = wrapped.summary()["dedup"]
+    assert stats["active"] and stats["rows_with_copies"] == 80 and stats["largest_group"] == 10
+    assert wrapped.inputs is None  # the run's inputs are not held beyond the decision
+
+
+def test_dedup_passes_the_plan_through_when_copies_are_rare_or_inputs_are_not_in_memory() -> None:
+    distinct, _ = planted_copies(100, [1] * 100)
+    for inputs, reason in ((distinct, "below 10%"), (None, "not in memory")):
+        wrapped = build(Config(seconds=100, strategy="random", filter_noisy="false"), "classification", 10, inputs)
+        plan = wrapped.plan(context(table(ranked_losses(100)), affordable=100.0))
+        assert plan.repeats is None and plan.mask is not None and "dedup" not in plan.phase
+        assert reason in wrapped.summary()["dedup"]["reason"] and not wrapped.summary()["dedup"]["active"]
+    assert build(Config(seconds=100, dedup="false"), "classification", 10, distinct).name == "infobatch+filter_noisy"
+    assert not isinstance(build(Config(seconds=100, dedup="false"), "classification", 10, distinct), Deduplicate)
+
+
+def test_dedup_decision_survives_a_resume_and_an_older_checkpoint_trains_every_row() -> None:
+    x, _ = planted_copies(20, [5] * 20)
+    config = Config(seconds=100, strategy="full", filter_noisy="false", batch_size=4)
+    first = build(config, "classification", 10, x)
+    first.plan(context(table(ranked_losses(100))))
+    resumed = build(config, "classification", 10, None)  # no inputs: it must not count again
+    resumed.load_state_dict(first.state_dict())
+    assert torch.equal(resumed.copies.counts, first.copies.counts)
+    assert resumed.plan(context(table(ranked_losses(100)))).repeats is not None
+    older = build(config, "classification", 10, x)
+    older.load_state_dict(first.inner.state_dict())  # what a checkpoint before the wrapper held
+    assert older.plan(context(table(ranked_losses(100)))).repeats is None
+    assert "without deduplication" in older.summary()["dedup"]["reason"]
+
+
+def test_run_on_copied_data_trains_about_one_copy_of_each_item(tmp_path: Path, warm: None) -> None:
+    x, item = planted_copies(60, [8] * 30 + [1] * 30, features=256)
+    y = (item % 3).numpy()
+    path = tmp_path / "copies.npz"
+    np.savez(path, x_train=x.numpy(), y_train=y, x_test=x[:50].numpy(), y_test=y[:50])
+    summaries = {}
+    for mode in ("auto", "false"):
+        out = tmp_path / mode
+        summaries[mode] = train(Config(seconds=3, data=str(path), dedup=mode, quiet=True, out=str(out))).summary
+        check_summary(summaries[mode], out)
+    stats = summaries["auto"]["strategy_stats"]["dedup"]
+    assert stats["active"] and stats["rows_with_copies"] == 240
+    assert stats["saving"] == pytest.approx(1 - 60 / 270, abs=1e-4)
+    assert all(phase.endswith("+dedup") for phase in summaries["auto"]["subsets"]["epochs_by_phase"])
+    assert "dedup" not in summaries["false"]["strategy_stats"]
+    assert not any("dedup" in phase for phase in summaries["false"]["subsets"]["epochs_by_phase"])
+
+
 # --- bad input ------------------------------------------------------------------------------------------------------
 def test_unknown_strategy(cli_main) -> None:
     with pytest.raises(TimebudgetError, match="unknown strategy 'fastest'; allowed: full, random"):
@@ -629,6 +726,12 @@ def test_keep_fraction_outside_0_1(fraction: float, cli_main) -> None:
     with pytest.raises(TimebudgetError, match="keep_fraction must be in"):
         Config(seconds=1, keep_fraction=fraction).validate()
     cli_main("train", "--seconds", "100", "--set", f"keep_fraction={fraction}").one_line_error("keep_fraction")
+
+
+def test_unknown_dedup_mode(cli_main) -> None:
+    with pytest.raises(TimebudgetError, match="unknown dedup 'yes'; allowed: auto, true, false"):
+        Config(seconds=1, dedup="yes").validate()
+    cli_main("train", "--seconds", "100", "--set", "dedup=sometimes").one_line_error("unknown dedup 'sometimes'")
 
 
 def test_keep_fraction_one_keeps_everything() -> None:

@@ -27,6 +27,7 @@ LOSSES = ("auto", "cross_entropy", "mse", "l1")
 # the names of timebudget.strategies.STRATEGIES (which imports this module, so the list lives here; a test checks it)
 STRATEGIES = ("full", "random", "infobatch", "hard", "curriculum", "selective", "importance", "selective-backprop")
 NOISE_FILTER = ("auto", "true", "false")
+DEDUP = ("auto", "true", "false")
 CHANNELS_LAST = ("auto", "true", "false")
 
 
@@ -60,6 +61,7 @@ class Config:
     # mean over sets: -0.53 point at 5 passes realised, -0.39 at 6, +0.04 at 8, +0.57 at 10 (session 8): even at ~8.
     prune_min_passes: float = 8.0
     filter_noisy: str = "auto"  # auto: on once the run's losses look noisy (classification only); true; false
+    dedup: str = "auto"  # auto: about one copy per epoch of near-duplicated items, where copies are common; true; false
     loss: str = "auto"
     label_smoothing: float = 0.0
     augment: bool | None = None
@@ -114,6 +116,8 @@ class Config:
         _choice("strategy", self.strategy, STRATEGIES)
         self.filter_noisy = str(self.filter_noisy).lower()  # True from Python or the --filter-noisy switch: "true"
         _choice("filter_noisy", self.filter_noisy, NOISE_FILTER)
+        self.dedup = str(self.dedup).lower()
+        _choice("dedup", self.dedup, DEDUP)
         self.channels_last = str(self.channels_last).lower()  # True or False from Python or YAML
         _choice("channels_last", self.channels_last, CHANNELS_LAST)
         _positive("batch_size", self.batch_size)

@@ -12,14 +12,50 @@ from typing import Any
 import torch
 
 
-def epoch_order(n: int, generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """A random permutation of ``range(n)``, restricted to ``mask`` (a bool tensor of length n) when given."""
+def epoch_order(n: int, generator: torch.Generator, mask: torch.Tensor | None = None,
+                repeats: torch.Tensor | None = None) -> torch.Tensor:
+    """A random permutation of ``range(n)``, restricted to ``mask`` (a bool tensor of length n) when given; with
+    ``repeats`` (counts of length n) a random order of the positions, position ``i`` appearing ``repeats[i]`` times."""
+    if repeats is not None:
+        if repeats.shape != (n,) or repeats.is_floating_point() or bool((repeats < 0).any()):
+            raise ValueError(f"repeats must be non-negative integers of shape ({n},), got {repeats.dtype} "
+                             f"{tuple(repeats.shape)}")
+        pool = torch.repeat_interleave(torch.arange(n), repeats)
+        return pool[torch.randperm(len(pool), generator=generator)]
     order = torch.randperm(n, generator=generator)
     if mask is None:
         return order
     if mask.shape != (n,) or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor of shape ({n},), got {mask.dtype} {tuple(mask.shape)}")
     return order[mask[order]]
+
+
+def inclusion_probabilities(p: torch.Tensor, k: int) -> torch.Tensor:
+    """``pi_i = k p_i`` with each capped at 1 and the excess spread proportionally over the others, summing to ``k``."""
+    pi = p.double() * k
+    capped = torch.zeros_like(pi, dtype=torch.bool)
+    while bool((pi > 1.0).any()):
+        capped |= pi >= 1.0
+        free = p.double().masked_fill(capped, 0.0)
+        pi = torch.where(capped, torch.ones_like(pi), free * (k - int(capped.sum())) / free.sum())
+    return pi
+
+
+def systematic_sample(pi: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Randomised systematic sampling: a bool mask with exactly ``round(sum pi)`` entries set, each entry included
+    with probability exactly ``pi_i`` (all ``pi_i <= 1``). The samples are laid out in random order on a line, each
+    taking ``pi_i`` of its length, and the ones under the points ``u, u + 1, u + 2, ...`` are drawn."""
+    n = len(pi)
+    order = torch.randperm(n, generator=generator)
+    edges = pi.cpu().double()[order].cumsum(0)
+    edges *= round(float(edges[-1])) / edges[-1]  # exact total despite rounding
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    points = torch.floor(edges - u)
+    before = torch.cat([torch.full((1,), -1.0, dtype=points.dtype) if u > 0 else torch.zeros(1, dtype=points.dtype),
+                        points[:-1]])
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[order] = points > before
+    return mask
 
 
 def batches(order: torch.Tensor, batch_size: int, drop_partial: bool = False) -> list[torch.Tensor]:

@@ -305,7 +305,9 @@ class _Run:
         self.scores = ScoreTable(self.n, device=device)
         if hooks.scores is not None:
             self.scores.load_state_dict(hooks.scores)
-        self.strategy = strategies.build(config, bundle.task, bundle.num_outputs)
+        resident = self.train_batches.path == "resident"
+        self.strategy = strategies.build(config, bundle.task, bundle.num_outputs,
+                                         self.train_batches.x if resident else None)
         if hooks.strategy is not None:
             hooks.strategy(self.strategy, device)
         schedule = hooks.schedule or schedules.build(config.schedule, config.warmup or 0.0, config.step_milestones)
@@ -640,9 +642,9 @@ class _Run:
             clock.progress(), -1.0 if affordable is None else affordable, room)
         plan = self.strategy.plan(strategies.EpochContext(self.epochs, progress, self.scores, self.order_gen,
                                                           affordable if affordable >= 0 else None))
-        if plan.mask is not None and not bool(plan.mask.any()):
+        if plan.kept(n) == 0:
             raise RuntimeError(f"strategy {self.strategy.name!r} selected no samples in epoch {self.epochs}")
-        order = sampler.epoch_order(n, self.order_gen, plan.mask)
+        order = sampler.epoch_order(n, self.order_gen, plan.mask, plan.repeats)
         order, plan.weights, plan.refresh, replaced = self.world.agree_plan(order, plan.weights, plan.refresh)
         if plan.refresh is not None and len(plan.refresh):
             self.refresh(plan.refresh, room)

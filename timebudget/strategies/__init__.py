@@ -3,13 +3,17 @@
 ``full`` (uniform), ``random`` (RS2), ``infobatch``, ``hard``, ``curriculum``, ``selective`` (the project's own),
 ``importance`` (gradient-norm importance sampling) and ``selective-backprop`` (back-propagate the high-loss samples of
 each batch); ``config.filter_noisy`` wraps any of them in the noisy-label filter (``auto``: it decides from the run's
-own losses whether labels look noisy).
+own losses whether labels look noisy); ``config.dedup`` wraps the result in near-duplicate sampling (``auto``: only
+where the inputs hold many near copies).
 """
 from __future__ import annotations
+
+import torch
 
 from ..config import Config
 from .base import EpochContext, EpochPlan, Strategy
 from .curriculum import Curriculum
+from .dedup import Deduplicate
 from .full import Full
 from .hard import Hard
 from .importance import Importance
@@ -24,17 +28,19 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def build(config: Config, task: str, classes: int | None = None) -> Strategy:
+def build(config: Config, task: str, classes: int | None = None, inputs: torch.Tensor | None = None) -> Strategy:
     """The strategy named by ``config.strategy``, configured from the run's config, behind the noisy-sample filter
     when ``config.filter_noisy`` is ``true``, or ``auto`` on a classification task (the filter then decides, with
-    ``classes``, the number of classes, setting its chance loss ln(classes))."""
+    ``classes``, the number of classes, setting its chance loss ln(classes)), and behind near-duplicate sampling
+    unless ``config.dedup`` is ``false`` (it counts copies among ``inputs``, the training inputs when they are in
+    memory, at its first plan)."""
     strategy = STRATEGIES[config.strategy](config, task)
     mode = config.filter_noisy
     if isinstance(mode, bool):
         mode = str(mode).lower()
     if mode == "true" or (mode == "auto" and task == "classification"):
-        return NoisyFilter(strategy, config, task, auto=mode == "auto", classes=classes)
-    return strategy
+        strategy = NoisyFilter(strategy, config, task, auto=mode == "auto", classes=classes)
+    return strategy if config.dedup == "false" else Deduplicate(strategy, config, task, inputs)
 
 
 __all__ = ["STRATEGIES", "EpochContext", "EpochPlan", "Strategy", "build"]

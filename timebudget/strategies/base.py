@@ -39,6 +39,9 @@ class EpochPlan:
     """The subset to train this epoch (``mask`` over dataset positions, ``None`` = all) and per-sample loss weights
     (``None`` = all ones) that keep the gradient unbiased where the subset is a biased sample.
 
+    ``repeats``, when given, replaces ``mask`` for a strategy that draws with replacement: how many times each position
+    is trained this epoch (an int tensor; the trainer shuffles the positions, each repeated so often, into one order).
+
     ``refresh`` optionally names dataset positions whose scores the trainer should re-measure (forward only, no
     gradient, charged to the budget) before the epoch; the strategy sees the new scores at its next plan.
     """
@@ -47,8 +50,11 @@ class EpochPlan:
     weights: torch.Tensor | None = None
     phase: str = "full"
     refresh: torch.Tensor | None = None
+    repeats: torch.Tensor | None = None
 
     def kept(self, n: int) -> int:
+        if self.repeats is not None:
+            return int(self.repeats.sum())
         return n if self.mask is None else int(self.mask.sum())
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import sampler
 from .base import EpochContext, EpochPlan, Strategy
 
 if TYPE_CHECKING:
@@ -66,34 +67,6 @@ def variance_reduction(p: torch.Tensor) -> float:
     return float((len(p) * p.double().square().sum()).sqrt())
 
 
-def inclusion_probabilities(p: torch.Tensor, k: int) -> torch.Tensor:
-    """``pi_i = k p_i`` with each capped at 1 and the excess spread proportionally over the others, summing to ``k``."""
-    pi = p.double() * k
-    capped = torch.zeros_like(pi, dtype=torch.bool)
-    while bool((pi > 1.0).any()):
-        capped |= pi >= 1.0
-        free = p.double().masked_fill(capped, 0.0)
-        pi = torch.where(capped, torch.ones_like(pi), free * (k - int(capped.sum())) / free.sum())
-    return pi
-
-
-def systematic_sample(pi: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Randomised systematic sampling: a bool mask with exactly ``round(sum pi)`` entries set, each entry included
-    with probability exactly ``pi_i`` (all ``pi_i <= 1``). The samples are laid out in random order on a line, each
-    taking ``pi_i`` of its length, and the ones under the points ``u, u + 1, u + 2, ...`` are drawn."""
-    n = len(pi)
-    order = torch.randperm(n, generator=generator)
-    edges = pi.cpu().double()[order].cumsum(0)
-    edges *= round(float(edges[-1])) / edges[-1]  # exact total despite rounding
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    points = torch.floor(edges - u)
-    before = torch.cat([torch.full((1,), -1.0, dtype=points.dtype) if u > 0 else torch.zeros(1, dtype=points.dtype),
-                        points[:-1]])
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[order] = points > before
-    return mask
-
-
 def importance_plan(score: torch.Tensor, seen: torch.Tensor, k: int, generator: torch.Generator,
                     tau_min: float = TAU_MIN) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
     """The pure function behind the strategy: ``(mask, weights, tau)`` for one epoch of ``k`` samples drawn by
@@ -112,8 +85,8 @@ def importance_plan(score: torch.Tensor, seen: torch.Tensor, k: int, generator: 
     if tau < tau_min or draws <= 0 or draws >= n_seen:
         return None, None, tau
     pi = torch.ones(n, dtype=torch.float64, device=score.device)
-    pi[seen] = inclusion_probabilities(p, draws)
-    mask = systematic_sample(pi, generator).to(score.device) | unseen
+    pi[seen] = sampler.inclusion_probabilities(p, draws)
+    mask = sampler.systematic_sample(pi, generator).to(score.device) | unseen
     return mask, (k / (n * pi)).to(score.dtype), tau
 
 

@@ -1,0 +1,70 @@
+"""Near-duplicate detection (``timebudget.dedup``): planted copies are found and counted, distinct rows are not, and
+each rule that keeps the run uniform (few features, few copies, too costly) says why."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from timebudget import dedup
+
+
+def copied(items: int, copies: list[int] | int, features: int = 300, noise: float = 0.02, seed: int = 0
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``items`` distinct random rows in [0, 1], item ``i`` repeated ``copies[i]`` times with a little noise (as
+    ``benchmarks/budget_accuracy.py``'s redundant sets); returns the rows, shuffled, and each row's item."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.full((items,), copies) if isinstance(copies, int) else torch.tensor(copies)
+    base = torch.rand(items, features, generator=g)
+    item = torch.repeat_interleave(torch.arange(items), counts)
+    rows = base[item] + noise * torch.randn(len(item), features, generator=g)
+    perm = torch.randperm(len(item), generator=g)
+    return rows[perm], item[perm]
+
+
+def test_planted_copies_are_counted_per_row() -> None:
+    sizes = [1] * 60 + [2] * 20 + [5] * 10 + [40]  # 190 rows of 91 items
+    x, item = copied(91, sizes)
+    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    assert found.counts is not None and found.counts.dtype == torch.long
+    assert torch.equal(found.counts, torch.tensor(sizes)[item])  # every row: exactly its item's copies
+    assert found.saving == pytest.approx(1 - 91 / 190)
+    assert found.summary()["rows_with_copies"] == 190 - 60 and found.summary()["largest_group"] == 40
+
+
+def test_distinct_rows_have_no_copies_and_the_run_stays_uniform() -> None:
+    x, _ = copied(500, 1)
+    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    assert found.counts is None and found.saving == 0.0 and "below 10%" in found.reason
+    forced = dedup.count_copies(x, seed=0, forced=True, allowance=0.0)
+    assert forced.counts is not None and bool((forced.counts == 1).all())
+
+
+def test_rare_copies_below_the_saving_rule_are_left_alone() -> None:
+    x, _ = copied(400, [2] * 20 + [1] * 380)  # 20 surplus rows of 420: about 5% of an epoch
+    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    assert found.counts is None and 0.0 < found.saving < dedup.MIN_SAVING
+
+
+def test_few_features_are_not_looked_at_unless_forced() -> None:
+    x, item = copied(50, 4, features=dedup.MIN_FEATURES - 1)
+    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    assert found.counts is None and f"below {dedup.MIN_FEATURES}" in found.reason
+    forced = dedup.count_copies(x, seed=0, forced=True, allowance=10.0)
+    assert forced.counts is not None and bool((forced.counts == 4).all())
+
+
+def test_counting_that_would_cost_more_than_its_allowance_is_skipped() -> None:
+    x, _ = copied(300, 5)
+    found = dedup.count_copies(x, seed=0, forced=False, allowance=0.0)
+    assert found.counts is None and "would take about" in found.reason and found.saving > 0.5
+
+
+def test_images_count_as_their_flattened_pixels() -> None:
+    x, item = copied(30, 3, features=3 * 16 * 16)
+    found = dedup.count_copies(x.view(-1, 3, 16, 16), seed=1, forced=False, allowance=10.0)
+    assert found.counts is not None and bool((found.counts == 3).all())
+
+
+def test_identical_rows_and_tiny_sets_say_why() -> None:
+    assert "every row is the same" in dedup.count_copies(torch.ones(10, 300), 0, False, 10.0).reason
+    assert dedup.count_copies(torch.ones(1, 300), 0, True, 10.0).counts is None
