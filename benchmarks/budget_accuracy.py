@@ -34,7 +34,9 @@ Torch uses one thread (on a shared machine two threads on two busy cores make st
 On the two redundant sets a row ``dedup`` is an oracle, not a method: ``full`` trained on the distinct originals,
 each once and without the copies' noise, at the same budget in seconds and the same batch (its passes are over the
 originals; session 12's first tables ran it at the trainer's default batch, 16 for 400 rows). It knows which rows are
-copies, which no method is told, and bounds what leaving copies out can buy.
+copies, which no method is told, and bounds what leaving copies out can buy. (The default's own near-duplicate
+sampling, the ``dedup`` config field, is another thing: it is told nothing and counts copies from the inputs;
+``default/nodedup`` is the default without it, as it was before session 16.)
 
 The table gives per variant and budget the metric (accuracy in %, or RMSE for regression) as mean ± std over seeds,
 and the paired difference to ``full`` (variant minus full, per seed) with its 95% t-interval; below it, how often the
