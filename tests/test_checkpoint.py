@@ -137,7 +137,7 @@ def test_strategy_state_survives_a_weights_only_checkpoint(tmp_path: Path) -> No
     from timebudget import strategies
     from timebudget.scores import ScoreTable
 
-    config = Config(seconds=10, strategy="random", keep_fraction=0.3, batch_size=8, filter_noisy=True)
+    config = Config(seconds=10, strategy="random", keep_fraction=0.3, batch_size=8, filter_noisy=True, dedup="false")
     n = 200
     scores = ScoreTable(n)
     scores.record(torch.arange(n), torch.rand(n, generator=torch.Generator().manual_seed(0)) * 3, 1)

@@ -153,7 +153,7 @@ def test_a_forecast_refusal_does_not_stick(tmp_path: Path) -> None:
 
 
 def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_values_start_fresh(tmp_path: Path) -> None:
-    config = Config(seconds=5.0, data="digits", strategy="random", filter_noisy="true").validate()
+    config = Config(seconds=5.0, data="digits", strategy="random", filter_noisy="true", dedup="false").validate()
     earlier = {"inner": {"used": torch.tensor([True, False, True])}, "next_fit": 0.9,
                "streak": torch.tensor([0, 2, 1], dtype=torch.int32), "excluded": torch.tensor([False, True, False])}
     fresh = strategies.build(config, "classification")
@@ -169,6 +169,9 @@ def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_val
     untouched = strategies.build(dataclasses.replace(config, filter_noisy="auto"), "classification")
     local.StrategyCarry(None)(untouched, torch.device("cpu"))  # a first round: nothing to carry
     assert untouched.streak is None and untouched.inner.used is None
+    wrapped = strategies.build(dataclasses.replace(config, dedup="auto"), "classification")  # near-duplicate sampling
+    local.StrategyCarry({"inner": earlier, "dedup": None})(wrapped, torch.device("cpu"))  # around the same filter
+    assert torch.equal(wrapped.inner.excluded, earlier["excluded"]) and wrapped.copies is None  # counted afresh
 
 
 def test_a_pass_cap_budgets_the_passes_from_the_last_rounds_pass_or_else_the_calibrated_step() -> None:

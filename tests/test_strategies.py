@@ -681,13 +681,15 @@ def test_dedup_passes_the_plan_through_when_copies_are_rare_or_inputs_are_not_in
     assert not isinstance(build(Config(seconds=100, dedup="false"), "classification", 10, distinct), Deduplicate)
 
 
-def test_dedup_decision_survives_a_resume_and_an_older_checkpoint_trains_every_row() -> None:
+def test_dedup_decision_survives_a_resume_and_an_older_checkpoint_trains_every_row(tmp_path: Path) -> None:
     x, _ = planted_copies(20, [5] * 20)
     config = Config(seconds=100, strategy="full", filter_noisy="false", batch_size=4)
     first = build(config, "classification", 10, x)
     first.plan(context(table(ranked_losses(100))))
     resumed = build(config, "classification", 10, None)  # no inputs: it must not count again
-    resumed.load_state_dict(first.state_dict())
+    torch.save(first.state_dict(), tmp_path / "state.pt")  # as a checkpoint holds it
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed.summary()["dedup"] == first.summary()["dedup"]
     assert torch.equal(resumed.copies.counts, first.copies.counts)
     assert resumed.plan(context(table(ranked_losses(100)))).repeats is not None
     older = build(config, "classification", 10, x)

@@ -8,7 +8,7 @@ embedding). Here the training rows' own inputs are the embedding: each row is ce
 random directions (Johnson-Lindenstrauss: pairwise distances kept within tens of percent), and two rows are near
 copies when their projected distance is below ``RADIUS`` times the median distance between random pairs of rows.
 :func:`count_copies` gives each row the number of rows within that radius, itself included; a sampler that draws row
-``i`` with weight ``1 / count[i]`` trains about one copy of each item per epoch (see
+``i`` with weight ``1 / count[i]`` trains about one copy of each item per draw (see
 :mod:`timebudget.strategies.dedup`).
 
 Thresholds, from ``benchmarks/budget_accuracy.py``'s development sets (data seed 100, 28x28 distorted digits
@@ -51,11 +51,12 @@ class Copies:
     reason: str
     saving: float = 0.0  # estimated share of an epoch's rows that are surplus copies (1 - mean of 1 / count)
     seconds: float = 0.0
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # the radius and the scale it came from, once measured
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {"active": self.counts is not None, "reason": self.reason,
-                                  "saving": round(self.saving, 4), "seconds": round(self.seconds, 4)}
+                                  "saving": round(self.saving, 4), "seconds": round(self.seconds, 4),
+                                  **{key: round(value, 6) for key, value in self.stats.items()}}
         if self.counts is not None:
             out["rows_with_copies"] = int((self.counts > 1).sum())
             out["largest_group"] = int(self.counts.max())

@@ -1,4 +1,4 @@
-"""``dedup``: train about one copy of each near-duplicated item per epoch; a wrapper usable with any strategy.
+"""``dedup``: train about one copy of each near-duplicated item per draw; a wrapper usable with any strategy.
 
 What it does: on its first plan it asks :func:`timebudget.dedup.count_copies` how many near copies of each training
 row the set holds (the time counts against the budget, as all planning does). Where copies are common, every epoch
@@ -67,7 +67,8 @@ class Deduplicate(Strategy):
     def state_dict(self) -> dict[str, Any]:
         copies = self.copies
         return {"inner": self.inner.state_dict(), "dedup": None if copies is None else {
-            "counts": copies.counts, "reason": copies.reason, "saving": copies.saving, "seconds": copies.seconds}}
+            "counts": copies.counts, "reason": copies.reason, "saving": copies.saving, "seconds": copies.seconds,
+            "stats": copies.stats}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """A resumed run keeps the first part's decision and counts (no second count); a checkpoint written before
@@ -80,7 +81,7 @@ class Deduplicate(Strategy):
         saved = state["dedup"]
         if saved is not None:
             counts = saved["counts"].cpu() if saved["counts"] is not None else None
-            self.copies = dedup.Copies(counts, saved["reason"], saved["saving"], saved["seconds"])
+            self.copies = dedup.Copies(counts, saved["reason"], saved["saving"], saved["seconds"], saved["stats"])
 
 
 def draws(counts: torch.Tensor, allowed: torch.Tensor | None, size: int, rounds: int,
