@@ -53,10 +53,26 @@ def test_few_features_are_not_looked_at_unless_forced() -> None:
     assert forced.counts is not None and bool((forced.counts == 4).all())
 
 
-def test_counting_that_would_cost_more_than_its_allowance_is_skipped() -> None:
+def test_projecting_that_would_cost_more_than_its_allowance_is_skipped() -> None:
     x, _ = copied(300, 5)
     found = dedup.count_copies(x, seed=0, forced=False, allowance=0.0)
-    assert found.counts is None and "would take about" in found.reason and found.saving > 0.5
+    assert found.counts is None and "projecting all rows would take about" in found.reason
+    assert dedup.count_copies(x, seed=0, forced=True, allowance=0.0).counts is not None  # forced: whatever it costs
+
+
+def test_counting_that_would_cost_more_than_its_allowance_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = copied(300, 5)
+    project = dedup.project
+    monkeypatch.setattr(dedup, "project", lambda flat, directions, allowance: project(flat, directions, None))
+    found = dedup.count_copies(x, seed=0, forced=False, allowance=0.0)
+    assert found.counts is None and "counting all rows would take about" in found.reason and found.saving > 0.5
+
+
+def test_the_projection_in_chunks_is_the_centred_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dedup, "PROJECT_ROWS", 7)
+    x = torch.rand(30, 12, generator=torch.Generator().manual_seed(0))
+    directions = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(dedup.project(x, directions, None), (x - x.mean(0)) @ directions, atol=1e-5)
 
 
 def test_images_count_as_their_flattened_pixels() -> None:
