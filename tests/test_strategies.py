@@ -120,8 +120,10 @@ def test_infobatch_trains_all_data_when_the_window_affords_few_passes(passes: fl
     plan = strategy("infobatch", filter_noisy=False).plan(ctx)
     assert plan.phase == "select" and (plan.mask is not None) == prunes and (plan.weights is not None) == prunes
     assert strategy("infobatch", filter_noisy=False, prune_min_passes=0).plan(ctx).mask is not None
-    regression = build(Config(seconds=100, strategy="infobatch"), "regression")  # keeps the paper's rule
-    assert regression.plan(ctx).mask is not None
+    regression = build(Config(seconds=100, strategy="infobatch", dedup="false"), "regression")  # never prunes ...
+    assert regression.plan(ctx).mask is None and regression.plan(ctx).phase == "select"
+    paper = build(Config(seconds=100, strategy="infobatch", prune_min_passes=0, dedup="false"), "regression")
+    assert paper.plan(ctx).mask is not None  # ... unless asked for the paper's rule
     assert infobatch.planned_passes(context(table(ranked_losses()))) == math.inf  # throughput unknown: paper's rule
 
 
@@ -635,19 +637,19 @@ def planted_copies(items: int, copies: list[int], features: int = 300) -> tuple[
 
 def test_dedup_draws_about_one_copy_of_each_item_per_draw() -> None:
     counts = torch.tensor([40] * 40 + [1] * 60)  # one item copied 40 times, 60 items once: 61 items
-    picks = torch.stack([dedup_strategy.draws(counts, None, 61, 1, torch.Generator().manual_seed(s))
+    picks = torch.stack([dedup_strategy.draws(1.0 / counts, 61, 1, torch.Generator().manual_seed(s))
                          for s in range(300)]).float()
     assert bool((picks.sum(1) == 61).all()) and picks.max() == 1  # one draw: without replacement
     assert bool((picks[:, :40].sum(1) == 1).all()) and bool((picks[:, 40:] == 1).all())  # each item exactly once
     assert picks[:, :40].sum(0).min() > 0  # and a different copy each time (a uniform draw: the item 24 times)
-    rounds = dedup_strategy.draws(counts, None, 61, 3, torch.Generator().manual_seed(0))
+    rounds = dedup_strategy.draws(1.0 / counts, 61, 3, torch.Generator().manual_seed(0))
     assert int(rounds.sum()) == 183 and int(rounds.max()) == 3  # three draws: a row up to three times
 
 
 def test_dedup_draws_only_among_what_the_wrapped_strategy_kept() -> None:
     counts = torch.tensor([4] * 40 + [1] * 20)
     allowed = torch.arange(60) % 2 == 0
-    times = dedup_strategy.draws(counts, allowed, 10, 4, torch.Generator().manual_seed(0))
+    times = dedup_strategy.draws(allowed / counts, 10, 4, torch.Generator().manual_seed(0))
     assert int(times.sum()) == 40 and not bool(times[~allowed].any())
 
 

@@ -103,6 +103,22 @@ class Strategy:
         return min(n, max(batch, round(k / batch) * batch))
 
 
+class Wrapper(Strategy):
+    """A strategy around another one (the noisy-sample filter, near-duplicate sampling): it edits the ``inner``
+    strategy's plan, and passes on what it does not change, the inner strategy's own step and its counts."""
+
+    def __init__(self, inner: Strategy, config: "Config", task: str) -> None:
+        super().__init__(config, task)
+        self.inner = inner
+
+    def backprop(self, step: Callable[..., torch.Tensor], forward: Callable[..., torch.Tensor],
+                 batch_size: int) -> Callable[..., torch.Tensor] | None:
+        return self.inner.backprop(step, forward, batch_size)
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.inner.summary())
+
+
 class ScoredStrategy(Strategy):
     """A strategy that ranks samples by their scores, in three phases over the budget.
 

@@ -53,12 +53,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import TimebudgetError
-from .base import EpochContext, EpochPlan, Strategy
+from .base import EpochContext, EpochPlan, Strategy, Wrapper
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -74,7 +74,7 @@ MIN_SHARE, MAX_SHARE = 0.015, 0.5
 LEARNT = 0.5  # the share is judged only once the median loss is below this fraction of the chance loss
 
 
-class NoisyFilter(Strategy):
+class NoisyFilter(Wrapper):
     def __init__(self, inner: Strategy, config: "Config", task: str, auto: bool = False,
                  classes: int | None = None) -> None:
         if task != "classification":
@@ -82,8 +82,7 @@ class NoisyFilter(Strategy):
                 f"filter_noisy needs a classification task, this data is {task}: a high regression loss marks a hard "
                 "sample or an outlier, not a wrong label; run without filter_noisy"
             )
-        super().__init__(config, task)
-        self.inner = inner
+        super().__init__(inner, config, task)
         self.name = f"{inner.name}+filter_noisy"
         self.streak: torch.Tensor | None = None  # consecutive fits in which each sample was in the high-loss component
         self.excluded: torch.Tensor | None = None
@@ -161,13 +160,6 @@ class NoisyFilter(Strategy):
         back_to_back = len(self.fits) < PERSIST  # the first exclusions as early as the persistence rule allows
         spacing = max(MIN_GAP, cost / (COST_SHARE * self.config.seconds))
         self.next_fit = ctx.progress + (0.0 if back_to_back else spacing)
-
-    def backprop(self, step: Callable[..., torch.Tensor], forward: Callable[..., torch.Tensor],
-                 batch_size: int) -> Callable[..., torch.Tensor] | None:
-        return self.inner.backprop(step, forward, batch_size)
-
-    def summary(self) -> dict[str, Any]:
-        return self.inner.summary()
 
     def state_dict(self) -> dict[str, Any]:
         tensors = (("streak", self.streak), ("excluded", self.excluded), ("contradicted", self.contradicted))
