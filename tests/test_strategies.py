@@ -594,6 +594,25 @@ def test_selective_backprop_backpropagates_every_unscored_sample_and_full_batche
     assert float(scores.last[scored_kept].mean()) > float(scores.last[forwarded[forwarded >= 40]].mean()) + 0.1
 
 
+def test_wrappers_pass_on_the_inner_strategys_own_step_and_counts() -> None:
+    """The noise filter and the near-duplicate sampling around Selective-Backprop: the loop gets its step through both,
+    and ``summary.json`` its counts (plus the sampling's decision once made)."""
+    wrapped = build(Config(seconds=100, strategy="selective-backprop", filter_noisy="true", batch_size=8),
+                    "classification", 10, torch.rand(200, 300, generator=torch.Generator().manual_seed(0)))
+    assert isinstance(wrapped, Deduplicate) and isinstance(wrapped.inner, noisy.NoisyFilter)
+    sb = wrapped.inner.inner
+    run = FakeRun(step_s=1.0, forward_s=0.1)
+    sb.now = run.now
+    own = wrapped.backprop(run.step, run.forward, 8)
+    assert own is not None and build(Config(seconds=100, strategy="full", filter_noisy="true"), "classification",
+                                     10).backprop(run.step, run.forward, 8) is None
+    index = torch.arange(8)
+    own(torch.stack([index.float(), torch.full((8,), 1e3)], 1), torch.zeros(8, dtype=torch.long), None, index)
+    assert sb.backprop_samples > 0 and wrapped.summary() == wrapped.inner.summary() == sb.summary()
+    wrapped.plan(context(table(torch.rand(200, generator=torch.Generator().manual_seed(1))), progress=0.5))
+    assert wrapped.summary() == {**sb.summary(), "dedup": wrapped.copies.summary()}
+
+
 def test_selective_backprop_falls_back_to_uniform_when_a_candidate_costs_as_much_as_a_step() -> None:
     scores = table(torch.rand(200, generator=torch.Generator().manual_seed(3)))
     run = FakeRun(step_s=1.0, forward_s=1.0)  # the forward costs a whole step: skipping backward saves nothing
