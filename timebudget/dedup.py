@@ -68,8 +68,8 @@ class Copies:
 def count_copies(x: torch.Tensor, seed: int, forced: bool, allowance: float) -> Copies:
     """Near copies of every row of ``x`` (rows, *features), or a :class:`Copies` without counts and the reason.
 
-    ``forced`` skips the feature and saving rules (``dedup: true``); ``allowance`` is the most seconds counting all
-    rows may take (the screen's own time predicts it)."""
+    ``forced`` skips the feature and saving rules (``dedup: true``); ``allowance`` is the most seconds projecting all
+    rows, and then counting them, may each take (the first chunk's and the screen's own times predict them)."""
     t0 = time.perf_counter()
     n = len(x)
     features = x[0].numel() if n else 0
@@ -81,9 +81,8 @@ def count_copies(x: torch.Tensor, seed: int, forced: bool, allowance: float) -> 
     gen = torch.Generator().manual_seed(seed)
     flat = x.reshape(n, -1)
     directions = (torch.randn(features, DIMS, generator=gen) / DIMS ** 0.5).to(flat.device)
-    points = project(flat, directions, None if forced else allowance)
+    points, predicted = project(flat, directions, None if forced else allowance)
     if points is None:
-        predicted = (time.perf_counter() - t0) * n / min(n, PROJECT_ROWS)
         return Copies(None, f"projecting all rows would take about {predicted:.2f} s: more than {allowance:.2f} s",
                       seconds=time.perf_counter() - t0)
     pairs = torch.randint(n, (2, PAIRS), generator=gen).to(flat.device)
@@ -110,23 +109,25 @@ def count_copies(x: torch.Tensor, seed: int, forced: bool, allowance: float) -> 
     return Copies(counts.cpu(), reason, saving, time.perf_counter() - t0, stats)
 
 
-def project(flat: torch.Tensor, directions: torch.Tensor, allowance: float | None) -> torch.Tensor | None:
+def project(flat: torch.Tensor, directions: torch.Tensor,
+            allowance: float | None) -> tuple[torch.Tensor | None, float]:
     """The centred rows of ``flat`` times ``directions``, in chunks of ``PROJECT_ROWS`` (``(x - mean) P`` as ``x P -
-    mean P``: no centred copy of the inputs); ``None`` when the first chunk's time predicts more than ``allowance``
-    seconds for all of them (50,000 rows of 3,072 features, CIFAR-10's size, took 4 s on one loaded CPU thread when
-    projected whole)."""
+    mean P``: no centred copy of the inputs), and the seconds the first chunk's time predicts for all of them (with an
+    ``allowance``; else 0); no rows when that prediction is above ``allowance`` (50,000 rows of 3,072 features,
+    CIFAR-10's size, took 4 s on one loaded CPU thread when projected whole)."""
     n = len(flat)
     t0 = time.perf_counter()
-    parts = []
+    parts, predicted = [], 0.0
     for start in range(0, n, PROJECT_ROWS):
         parts.append(flat[start:start + PROJECT_ROWS].float() @ directions)
         if start == 0 and allowance is not None:
             if flat.device.type == "cuda":
                 torch.cuda.synchronize(flat.device)
-            if (time.perf_counter() - t0) * n / len(parts[0]) > allowance:
-                return None
+            predicted = (time.perf_counter() - t0) * n / len(parts[0])
+            if predicted > allowance:
+                return None, predicted
     points = torch.cat(parts)
-    return points - points.mean(0)  # the mean of the projections is the projection of the mean
+    return points - points.mean(0), predicted  # the mean of the projections is the projection of the mean
 
 
 def _within(queries: torch.Tensor, points: torch.Tensor, radius: float) -> torch.Tensor:
