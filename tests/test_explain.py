@@ -249,7 +249,8 @@ def test_tracin_single_checkpoint_is_the_last_layer_gradient_norm(runs: dict[str
     layer = [m for m in loaded.model.modules() if isinstance(m, nn.Linear)][-1]
     x, y = loaded.bundle.train.x, loaded.bundle.train.y
     for i in (0, 7, 123):
-        loss = nn.functional.cross_entropy(loaded.model(x[i: i + 1]), y[i: i + 1], reduction="sum")
+        loss = nn.functional.cross_entropy(loaded.model(x[i: i + 1]), y[i: i + 1], reduction="sum",
+                                           label_smoothing=loaded.config.label_smoothing)  # the run's training loss
         (grad,) = torch.autograd.grad(loss, layer.weight)
         assert float(values[i]) == pytest.approx(float(grad.square().sum()), rel=1e-4, abs=1e-9)
 
