@@ -103,6 +103,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # AdamW's rule rate for classification before session 15 (its range test never ran at these budgets); on
     # ``regression`` this is 2e-3, not that rule's 1e-3
     "full/lr2e-3": {"strategy": "full", **PLAIN, "lr": 2e-3, "lr_range_test": False},
+    # AdamW's regression weight decay before session 18 (the classification default is 0.05: on those sets this is not
+    # the old default)
+    "full/wd0.01": {"strategy": "full", **PLAIN, "weight_decay": 0.01},
     # on a redundant set's originals (``originals``) only, at the batch ``full`` has on the 4,000 rows: only the copies
     # differ (the trainer's default for 400 rows would be 16, which session 12's first tables ran)
     ORACLE: {"strategy": "full", **PLAIN, "batch_size": default_batch("tabular", ROWS)},
