@@ -88,8 +88,7 @@ def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
     n = len(bundle.train)
     optimizer = config.optimizer or ("sgd" if bundle.kind == "image" else "adamw")
     batch_size = lr_finder.clamp_batch(config.batch_size or default_batch(bundle.kind, n), n)
-    classification = bundle.task == "classification"
-    weight_decay = 5e-4 if optimizer == "sgd" else 0.05 if classification else 1.0
+    weight_decay = 5e-4 if optimizer == "sgd" else 0.05 if bundle.task == "classification" else 1.0
     eval_every = config.eval_every
     if eval_every is None:
         eval_every = 0.0 if config.seconds < 300 else config.seconds / 10
