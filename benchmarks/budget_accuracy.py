@@ -106,6 +106,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # AdamW's regression weight decay before session 18 (the classification default is 0.05: on those sets this is not
     # the old default)
     "full/wd0.01": {"strategy": "full", **PLAIN, "weight_decay": 0.01},
+    # the default before session 18's label smoothing (classification)
+    "default/nosmooth": {"label_smoothing": 0.0},
     # on a redundant set's originals (``originals``) only, at the batch ``full`` has on the 4,000 rows: only the copies
     # differ (the trainer's default for 400 rows would be 16, which session 12's first tables ran)
     ORACLE: {"strategy": "full", **PLAIN, "batch_size": default_batch("tabular", ROWS)},

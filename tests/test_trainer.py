@@ -125,6 +125,35 @@ def test_adamws_default_weight_decay_follows_the_task_and_a_users_value_stands(t
     assert trainer.resolve_defaults(Config(seconds=1.0, weight_decay=0.0), bundle).weight_decay == 0.0
 
 
+@pytest.mark.parametrize(("rows_per_class", "image", "smoothing"), [
+    ((20, 18, 15), False, 0.1),  # rarest/largest 0.75: smoothed
+    ((40, 10, 4), False, 0.0),  # 0.10, under SMOOTHING_MIN_BALANCE: strongly imbalanced, plain cross-entropy
+    ((20, 18, 15), True, 0.0),  # images: not smoothed
+])
+def test_label_smoothing_defaults_to_tabular_classes_that_are_not_strongly_imbalanced(
+        rows_per_class: tuple[int, ...], image: bool, smoothing: float) -> None:
+    """Left null, tabular classification smooths its labels by 0.1 unless its rarest class has under 15% of the
+    largest one's rows (README, "Session 18"); images and regression do not; a value the user gives, zero included,
+    stands. The smoothing reaches the loss the run trains and scores with."""
+    from timebudget import data
+
+    y = np.repeat(np.arange(3), rows_per_class)
+    x = np.random.default_rng(0).normal(size=(len(y), 2, 3) if image else (len(y), 6)).astype(np.float32)
+    if image:
+        x = x[:, None]
+    bundle = data.from_arrays("toy", x, y, x[:6], y[:6])
+    resolved = trainer.resolve_defaults(Config(seconds=1.0), bundle)
+    assert resolved.label_smoothing == smoothing
+    given = trainer.resolve_defaults(Config(seconds=1.0, label_smoothing=0.0), bundle)
+    assert given.label_smoothing == 0.0
+    regression = data.from_arrays("toy", x, y.astype(np.float32), x[:6], y[:6].astype(np.float32))
+    assert trainer.resolve_defaults(Config(seconds=1.0), regression).label_smoothing == 0.0
+    confident, target = torch.tensor([[20.0, 0.0, 0.0]]), torch.tensor([0])  # a sure right answer
+    assert per_sample_loss(given, "classification")(confident, target).item() < 1e-6
+    if smoothing:  # smoothed, the wrong classes' share costs about 0.1 * 20 * 2/3
+        assert per_sample_loss(resolved, "classification")(confident, target).item() > 1.0
+
+
 def test_regression_reports_mae_and_rmse_in_the_data_units(regression_run: TrainResult) -> None:
     """Float targets train as regression; errors are reported in the targets' own units (so above the noise floor
     of ~4) and beat predicting the mean (~16) by far."""
@@ -238,7 +267,7 @@ def test_whole_run_ends_by_the_deadline_on_compute_time(
 )
 def test_losses_are_per_sample(task: str, loss: str, out: list[Any], y: list[Any], expected: list[float]) -> None:
     """The next issue ranks samples by their loss, so each loss has one value per sample, never a batch mean."""
-    loss_fn = per_sample_loss(Config(seconds=1, loss=loss), task)
+    loss_fn = per_sample_loss(Config(seconds=1, loss=loss, label_smoothing=0.0), task)
     target = torch.tensor(y) if task == "classification" else torch.tensor(y, dtype=torch.float32)
     assert loss_fn(torch.tensor(out), target).tolist() == pytest.approx(expected)
 

@@ -64,7 +64,7 @@ class Config:
     filter_noisy: str = "auto"  # auto: on once the run's losses look noisy (classification only); true; false
     dedup: str = "auto"  # auto: about one copy per epoch of near-duplicated items, where copies are common; true; false
     loss: str = "auto"
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None  # None: 0.1 for tabular classification with balanced enough classes, else 0
     augment: bool | None = None
     image_size: int = 32
     num_workers: int = 0
@@ -128,7 +128,8 @@ class Config:
         if self.warmup is not None:
             _in_range("warmup", self.warmup, 0.0, 1.0, hi_open=True)
         _in_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
-        _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        if self.label_smoothing is not None:
+            _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         if self.weight_decay is not None:
             _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
         _in_range("margin", self.margin, 0.0, math.inf)
