@@ -28,13 +28,15 @@ def dataset(bundle: DataBundle, batch: int | None) -> list[str]:
     warnings = batch_size(batch, len(bundle.train)) if batch else []  # type: ignore[arg-type]
     if bundle.task != "classification":
         return warnings
-    train, test = _labels(bundle.train), _labels(bundle.test)
+    train, test = labels_in_memory(bundle.train), labels_in_memory(bundle.test)
     if train is None or test is None:  # labels only reachable by loading every sample: not cheap
         return warnings
     return warnings + classes(bundle.name, train, test)
 
 
-def _labels(ds: Any) -> torch.Tensor | None:
+def labels_in_memory(ds: Any) -> torch.Tensor | None:
+    """A dataset's labels where it holds them apart from its inputs (``y``, ``targets``); ``None`` where only loading
+    every sample would reach them."""
     for name in ("y", "targets"):
         labels = getattr(ds, name, None)
         if labels is not None:
