@@ -133,8 +133,8 @@ def test_adamws_default_weight_decay_follows_the_task_and_a_users_value_stands(t
 def test_label_smoothing_defaults_to_tabular_classes_that_are_not_strongly_imbalanced(
         rows_per_class: tuple[int, ...], image: bool, smoothing: float) -> None:
     """Left null, tabular classification smooths its labels by 0.1 unless its rarest class has under 15% of the
-    largest one's rows (README, "Session 18"); images and regression do not; a value the user gives, zero included,
-    stands. The smoothing reaches the loss the run trains and scores with."""
+    largest one's rows (README, "Session 18"); images, regression and datasets whose labels need every sample loaded
+    do not; a value the user gives, zero included, stands. The smoothing reaches the loss the run trains with."""
     from timebudget import data
 
     y = np.repeat(np.arange(3), rows_per_class)
@@ -148,6 +148,9 @@ def test_label_smoothing_defaults_to_tabular_classes_that_are_not_strongly_imbal
     assert given.label_smoothing == 0.0
     regression = data.from_arrays("toy", x, y.astype(np.float32), x[:6], y[:6].astype(np.float32))
     assert trainer.resolve_defaults(Config(seconds=1.0), regression).label_smoothing == 0.0
+    lazy = [(torch.as_tensor(xi), int(yi)) for xi, yi in zip(x, y)]  # labels only reachable by loading every sample
+    unscanned = data.DataBundle("toy", lazy, lazy, "classification", 3, tuple(x.shape[1:]), bundle.kind)
+    assert trainer.resolve_defaults(Config(seconds=1.0), unscanned).label_smoothing == 0.0
     confident, target = torch.tensor([[20.0, 0.0, 0.0]]), torch.tensor([0])  # a sure right answer
     assert per_sample_loss(given, "classification")(confident, target).item() < 1e-6
     if smoothing:  # smoothed, the wrong classes' share costs about 0.1 * 20 * 2/3
