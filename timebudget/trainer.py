@@ -88,8 +88,10 @@ def default_smoothing(bundle: data.DataBundle) -> float:
     30 passes, 0.075 lost -1.9. Images keep plain cross-entropy: with the ``cnn`` on distorted 16x16 digits its means
     were below at 16 and 48 s (within noise), so it is not shown to pay there.
     """
+    if bundle.task != "classification" or bundle.kind != "tabular":
+        return 0.0
     labels = checks.labels_in_memory(bundle.train)
-    if bundle.task != "classification" or bundle.kind != "tabular" or labels is None or int(labels.min()) < 0:
+    if labels is None or int(labels.min()) < 0:
         return 0.0  # a dataset whose labels need every sample loaded is not scanned for this; bad labels: checks says
     counts = torch.bincount(labels.long().flatten())
     counts = counts[counts > 0]
