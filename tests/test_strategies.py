@@ -790,3 +790,20 @@ def test_the_torch_mixture_fits_as_scikit_learn_does() -> None:
     high = theirs.predict_proba(x.numpy().reshape(-1, 1))[:, int(theirs.means_.argmax())] > 0.5
     assert (ours.posterior_high(x) > 0.5).eq(torch.as_tensor(high)).float().mean() > 0.99
     assert ashman_d(ours) > 2.0
+
+
+def test_infobatch_counts_its_passes_over_distinct_items_where_copies_were_counted() -> None:
+    """Two passes over rows that hold each item ten times repeat every item twenty times: InfoBatch's few-pass gate
+    (8 passes) then prunes, as it would in a 20-pass run; the same window over distinct rows trains all data."""
+    copied, _ = planted_copies(20, [10] * 20)  # 200 rows, 20 items
+    distinct, _ = planted_copies(200, [1] * 200)
+    config = Config(seconds=100, strategy="infobatch", filter_noisy="false", batch_size=8, dedup="true")
+    losses = torch.rand(200, generator=torch.Generator().manual_seed(2))
+    ctx = context(table(losses), progress=0.5, affordable=1.0 * 200)  # the whole window: two passes over the rows
+    assert infobatch.planned_passes(ctx) == pytest.approx(2.0)
+    wrapped = build(config, "classification", 10, copied)
+    plan = wrapped.plan(ctx)
+    assert plan.phase == "select+dedup" and plan.weights is not None  # pruned: the kept below-mean rows reweighted
+    assert float(plan.weights.max()) > 1.0
+    plain = build(config, "classification", 10, distinct).plan(ctx)  # counted (forced), every row its own item
+    assert plain.phase == "select+dedup" and plain.weights is None  # two passes: all data

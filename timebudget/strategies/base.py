@@ -24,7 +24,9 @@ class EpochContext:
     """The state a strategy decides from at the start of an epoch.
 
     ``progress`` is the fraction of the training window used; ``affordable`` is how many samples the rest of the
-    window can still train at the measured throughput (``None`` before throughput is known).
+    window can still train at the measured throughput (``None`` before throughput is known); ``items`` is how many
+    distinct items the ``scores.n`` rows hold where near-duplicate sampling has counted their copies (``None``: every
+    row its own item), so that passes are counted over what the run actually repeats.
     """
 
     epoch: int
@@ -32,6 +34,7 @@ class EpochContext:
     scores: ScoreTable
     generator: torch.Generator
     affordable: float | None = None
+    items: float | None = None
 
 
 @dataclass

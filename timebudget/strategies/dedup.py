@@ -16,6 +16,7 @@ and why). Knob: ``dedup`` (``auto``, ``true``: count and act on any copies, ``fa
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,15 +36,15 @@ class Deduplicate(Wrapper):
         self.copies: dedup.Copies | None = None  # decided at the first plan
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
-        plan = self.inner.plan(ctx)
         if self.copies is None:
             self.copies = self.detect()
             self.inputs = None  # the run's own tensor: not kept beyond the decision
         counts = self.copies.counts
         if counts is None:
-            return plan
+            return self.inner.plan(ctx)
         n = len(counts)
         share = 1.0 / counts.double()  # a row's share of its item
+        plan = self.inner.plan(dataclasses.replace(ctx, items=float(share.sum())))
         if plan.mask is not None:
             share = share * plan.mask
         size = min(self.whole_batches(float(share.sum()), n), plan.kept(n))

@@ -68,7 +68,9 @@ class InfoBatch(ScoredStrategy):
 
 def planned_passes(ctx: EpochContext) -> float:
     """Passes over the data the whole window affords at the throughput so far: ``affordable`` samples fit in the
-    remaining ``1 - progress`` of it. Infinite while the throughput is unknown (nothing is decided from it then)."""
+    remaining ``1 - progress`` of it. Infinite while the throughput is unknown (nothing is decided from it then).
+    Where near-duplicate sampling has counted copies, the passes are over the distinct items (``ctx.items``): two
+    passes over rows that hold each item ten times repeat every item twenty times."""
     if ctx.affordable is None or ctx.progress >= 1.0:
         return math.inf
-    return ctx.affordable / ((1.0 - ctx.progress) * ctx.scores.n)
+    return ctx.affordable / ((1.0 - ctx.progress) * (ctx.items or ctx.scores.n))
