@@ -56,9 +56,10 @@ class Config:
     keep_fraction: float | None = None
     select_warmup: float = 0.1
     anneal: float = 0.125
-    # infobatch on classification prunes only when the window affords this many passes (0: always). On the development
-    # sets only (budget_accuracy.py --data-seed 100 --seeds 100 101 102, six classification sets), InfoBatch minus full,
-    # mean over sets: -0.53 point at 5 passes realised, -0.39 at 6, +0.04 at 8, +0.57 at 10 (session 8): even at ~8.
+    # infobatch on classification prunes only when the window affords this many passes (0: always), over distinct
+    # items where near-duplicate sampling counted copies. On the development sets only (budget_accuracy.py --data-seed
+    # 100 --seeds 100 101 102, six classification sets), InfoBatch minus full, mean over sets: -0.53 point at 5 passes
+    # realised, -0.39 at 6, +0.04 at 8, +0.57 at 10 (session 8): even at ~8.
     # Regression is never pruned unless this is 0 (strategies/infobatch.py: no gain at any budget on development data).
     prune_min_passes: float = 8.0
     filter_noisy: str = "auto"  # auto: on once the run's losses look noisy (classification only); true; false
