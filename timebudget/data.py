@@ -286,8 +286,8 @@ def imagefolder(data_dir: str | None, image_size: int = 32) -> DataBundle:
     root = _need_dir("imagefolder", data_dir, layout)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if test_dir is not None and not (root / "train").is_dir():
-        raise TimebudgetError(f"--data imagefolder: {root} has {test_dir.name}/ but no train/ (a class folder cannot be "
-                              f"named {test_dir.name!r}); expected layout: {layout}")
+        raise TimebudgetError(f"--data imagefolder: {root} has {test_dir.name}/ but no train/ (a class folder cannot "
+                              f"be named {test_dir.name!r}); expected layout: {layout}")
     train_dir = root / "train" if test_dir is not None else root
     tf = transforms.Compose(
         [
