@@ -11,17 +11,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 flwr = pytest.importorskip("flwr")
 
 from flwr.app import (ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata,  # noqa: E402
                       MetricRecord, RecordDict)
 
-from timebudget import models  # noqa: E402
-from timebudget.federated import client, launcher, server, wire  # noqa: E402
-from timebudget.federated.settings import DEADLINE_KEY, REPLY_JITTER_S, REPLY_SAFETY, RunSettings  # noqa: E402
+from timebudget import data, models  # noqa: E402
+from timebudget.federated import client, launcher, local, server, wire  # noqa: E402
+from timebudget.federated.settings import (DEADLINE_KEY, REPLY_JITTER_S, REPLY_SAFETY, SMOOTHING_KEY,  # noqa: E402
+                                           NodeSettings, RunSettings)
+from timebudget.trainer import default_smoothing, resolve_defaults  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = 0.05  # fake seconds per clock reading in the handler tests
@@ -225,6 +229,36 @@ def test_a_cap_too_small_gets_an_error_reply_not_a_crash(tmp_path: Path) -> None
 def test_a_bad_node_config_gets_an_error_reply(tmp_path: Path) -> None:
     reply = call_train(train_message(8.0), make_context(tmp_path, partition_id=5), TickingClock())
     assert reply.has_error() and "out of range" in reply.error.reason
+
+
+def test_every_client_trains_with_the_label_smoothing_the_server_resolved_for_the_federation(tmp_path: Path) -> None:
+    """A balanced table split by a skewed Dirichlet partition: the server, from the whole training split, smooths; a
+    client whose shard is skewed would not on its own, and trains with the server's value when the message carries it
+    (a message without it, from another ServerApp, leaves the client its own)."""
+    g = np.random.default_rng(0)
+    y = np.arange(600) % 3
+    x = (g.normal(size=(600, 8)) + y[:, None]).astype(np.float32)
+    np.savez(tmp_path / "table.npz", x_train=x, y_train=y, x_test=x[:90], y_test=y[:90])
+    run = RunSettings(out=str(tmp_path / "fed"), rounds=1, round_seconds=8.0, clients=2,
+                      data=str(tmp_path / "table.npz"), partition="dirichlet:0.3", seed=3)
+    loaded = data.load(run.data)
+    cfg = resolve_defaults(local.train_config(run, run.round_seconds, Path(run.out)), loaded)
+    settings = server.train_settings(run, cfg)
+    assert settings[SMOOTHING_KEY] == 0.1 and settings["round-seconds"] == 8.0
+    assert default_smoothing(local.client_bundle(loaded, run, NodeSettings(0, 2))) == 0.0  # the shard alone: none
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config=run.to_run_config())
+    torch.manual_seed(0)
+    weights = models.build("mlp", (8,), 3, "tabular").state_dict()
+    smoothing = {}
+    for server_round, config in ((1, {**settings, "server-round": 1}), (2, {"round-seconds": 8.0, "server-round": 2})):
+        msg = server_message(RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(config)}),
+                             MessageType.TRAIN, server_round)
+        reply = call_train(msg, context, TickingClock())
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        saved = tmp_path / "fed" / "clients" / "client_0" / f"round_{server_round:03d}" / "config.yaml"
+        smoothing[server_round] = yaml.safe_load(saved.read_text())["label_smoothing"]
+    assert smoothing == {1: 0.1, 2: 0.0}
 
 
 def test_evaluate_handler_reports_metrics_on_the_clients_test_share(tmp_path: Path) -> None:

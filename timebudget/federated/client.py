@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 
 from ..clock import process_start_time
 from ..errors import TimebudgetError, first_line
-from .settings import (NodeSettings, RunSettings, budget_start, error_reason, node_dir, refuse_early,
+from .settings import (SMOOTHING_KEY, NodeSettings, RunSettings, budget_start, error_reason, node_dir, refuse_early,
                        reply_reserve, round_sent_at)
 
 ERROR_CODE = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the server logs the reason and drops the reply
@@ -95,10 +95,11 @@ def train_reply(msg: Message, context: Context, now: Callable[[], float] = time.
         weights = wire.unpack(msg.content["arrays"], round_config)
         wire.like(weights, msg.content["arrays"])  # time one serialisation: the reply's own
         reply_s = (now() - t0) + reserve
+        smoothing = round_config.get(SMOOTHING_KEY)
         if run.mode == "epochs":
-            result = local.fixed_epochs(weights, run, node, run.local_epochs, now)
+            result = local.fixed_epochs(weights, run, node, run.local_epochs, now, smoothing)
         else:
-            result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now, entered)
+            result = local.train_round(weights, run, node, server_round, cap, start, reply_s, now, entered, smoothing)
         arrays = wire.like(result.weights, msg.content["arrays"])
         metrics = MetricRecord({**result.metrics, **startup, "cap-seconds": cap, "reply-reserve": reserve,
                                 "client-seconds": now() - start})

@@ -122,11 +122,15 @@ class StrategyCarry:
             artifacts.save_torch(folder / STRATEGY_FILE, state)
 
 
-def train_config(run: RunSettings, seconds: float, out: Path) -> config_module.Config:
+def train_config(run: RunSettings, seconds: float, out: Path, smoothing: float | None = None
+                 ) -> config_module.Config:
     """The client's :class:`~timebudget.config.Config` for one round: the run's data, model, strategy (the trainer's
-    default unless the run names one) and overrides."""
+    default unless the run names one) and overrides, and the label smoothing the server resolved for the federation
+    (``settings.SMOOTHING_KEY``) where it sent one."""
     values: dict[str, Any] = dict(config_module.parse_override(item) for item in run.overrides.split())
     values.update(seconds=seconds, data=run.data, seed=run.seed, quiet=True, out=str(out))
+    if smoothing is not None:
+        values["label_smoothing"] = float(smoothing)
     for key in ("strategy", "data_dir", "model"):
         if getattr(run, key):
             values[key] = getattr(run, key)
@@ -135,17 +139,17 @@ def train_config(run: RunSettings, seconds: float, out: Path) -> config_module.C
 
 def train_round(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSettings, server_round: int,
                 cap_s: float, start: float, reply_s: float, now: Callable[[], float] = time.monotonic,
-                entered: float | None = None) -> RoundResult:
+                entered: float | None = None, smoothing: float | None = None) -> RoundResult:
     """Train ``weights`` on this client's partition with :func:`timebudget.train` until ``start + cap_s - reply_s``
     (``reply_s``: what sending the reply costs, so it reaches the server by ``start + cap_s``), or after about
     ``run.max_local_passes`` passes (:func:`pass_cap`), from the score table of the client's previous round. Raises
     :class:`BudgetTooSmall` when the cap cannot hold the start-up, one step, the tail and the reply. ``entered``: when
-    the handler was entered, to measure what it costs before training."""
+    the handler was entered, to measure what it costs before training; ``smoothing``: the server's label smoothing."""
     folder = node_dir(run, node)
     refuse_early(folder, now() - start, cap_s, reply_s, server_round)
     last = last_setup(folder)
     carried = StrategyCarry(previous(folder, server_round, STRATEGY_FILE))
-    config = train_config(run, cap_s - reply_s, folder / f"round_{server_round:03d}")
+    config = train_config(run, cap_s - reply_s, folder / f"round_{server_round:03d}", smoothing)
     hooks = RunHooks(subset=lambda b: client_bundle(b, run, node), weights=weights,
                      scores=previous(folder, server_round, "scores.pt"),
                      schedule=round_schedule(server_round, run.rounds, run.lr_decay), wrap_step=slowed(node.speed),
@@ -205,11 +209,11 @@ def last_loss(run_dir: Path) -> float:
 
 
 def fixed_epochs(weights: dict[str, torch.Tensor], run: RunSettings, node: NodeSettings, epochs: int,
-                 now: Callable[[], float] = time.monotonic) -> RoundResult:
+                 now: Callable[[], float] = time.monotonic, smoothing: float | None = None) -> RoundResult:
     """Flower's quickstart client, for comparison: ``epochs`` passes over the partition at a constant learning rate,
-    however long they take. Same data, model, optimizer and step speed as the timebudget client; no clock."""
+    however long they take. Same data, model, optimizer, loss and step speed as the timebudget client; no clock."""
     t0 = now()
-    cfg = train_config(run, 1.0, Path(run.out))
+    cfg = train_config(run, 1.0, Path(run.out), smoothing)
     bundle = client_bundle(data.load(cfg.data, cfg.data_dir, cfg.image_size), run, node)
     cfg = resolve_defaults(cfg, bundle)
     torch.manual_seed(cfg.seed)

@@ -21,10 +21,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from .. import artifacts, data, models
 from ..batches import Batches
+from ..config import Config
 from ..trainer import evaluate, resolve_defaults
 from . import wire
 from .local import train_config
-from .settings import DEADLINE_KEY, REPLY_PATH_KEY, RunSettings, error_client
+from .settings import DEADLINE_KEY, REPLY_PATH_KEY, SMOOTHING_KEY, RunSettings, error_client
 from .supernode import shorten_pull_backoff
 
 POLL_S = 0.1
@@ -209,6 +210,12 @@ def measure_reply_paths(grid: TimedGrid, arrays: ArrayRecord, layout: dict[str, 
                           timeout=timeout)
 
 
+def train_settings(run: RunSettings, cfg: Config) -> ConfigRecord:
+    """What every training message's config carries besides the round and its deadline: the round's cap, and the label
+    smoothing ``cfg`` resolved from the whole training split (``SMOOTHING_KEY``: one loss for every client)."""
+    return ConfigRecord({"round-seconds": run.round_seconds, SMOOTHING_KEY: float(cfg.label_smoothing)})
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
@@ -242,7 +249,7 @@ def main(grid: Grid, context: Context) -> None:
             measure_reply_paths(timed, initial, layout, run.clients, min(run.round_seconds, PING_TIMEOUT_S))
         result = strategy.start(
             grid=timed, initial_arrays=initial,
-            train_config=ConfigRecord({"round-seconds": run.round_seconds}), num_rounds=run.rounds,
+            train_config=train_settings(run, cfg), num_rounds=run.rounds,
             timeout=run.round_seconds, evaluate_fn=central,
         )
         artifacts.save_torch(out / "global_model.pt", wire.unpack(result.arrays, layout))

@@ -66,7 +66,8 @@ def shorten_pull_backoff(initial_s: float = PULL_BACKOFF_S[0], cap_s: float = PU
         from flwr.supercore.inflatable import inflatable_utils
     except ImportError as exc:
         return f"no flwr.supercore.inflatable ({exc})"
-    functions = [getattr(inflatable_utils, name, None) for name in ("pull_objects", "pull_and_inflate_object_from_tree")]
+    functions = [getattr(inflatable_utils, name, None)
+                 for name in ("pull_objects", "pull_and_inflate_object_from_tree")]
     for fn in functions:
         if not (fn and fn.__kwdefaults__ and {"initial_backoff", "backoff_cap"} <= fn.__kwdefaults__.keys()):
             return "flwr's object pull has no initial_backoff/backoff_cap keywords here"
