@@ -52,8 +52,12 @@ flipped labels and the old synthetic redundant set, seeds 100 and 101; the noise
 module's sets drawn with ``make_set(name, seed=100)`` in place of seed 0, i.e. other distortions of the same source
 digits and other flipped labels, training seeds 100-102); no cell of this table was used to choose them.
 
-Full run: ``python benchmarks/budget_accuracy.py`` (about 25 minutes on a quiet 2-core CPU; each added variant about 4
-more); development check: ``--data-seed 100 --seeds 100 101 102``; smoke run: ``--quick``.
+The data sets are one draw (``--data-seed``, 0) for every seed unless ``--draw-per-seed``, which trains seed S on the
+draw ``--data-seed`` + S of every set, so that the table averages over draws as well as training seeds (see
+``Draws``; session 20's tables, seeds 230 and up; development draws so far: 100-130).
+
+Full run: ``python benchmarks/budget_accuracy.py --draw-per-seed`` (about 25 minutes on a quiet 2-core CPU; each added
+variant about 4 more); development check: ``--data-seed 100 --seeds 100 101 102``; smoke run: ``--quick``.
 """
 from __future__ import annotations
 

@@ -48,15 +48,15 @@ DEADLINE_KEY = "deadline"
 # two (0.46 s) let its next one (1.31 s) come late; a fleet with one slow link reserves for it everywhere, which costs
 # the others that much training and no replies.
 REPLY_PATH_KEY = "reply-path-seconds"
+REPLY_RESERVE_S = 2.0
+REPLY_SAFETY = 1.5
+REPLY_JITTER_S = 0.5
 # The federation's label smoothing, in every training message's config: the server resolves it once from the training
 # split it loads (``trainer.default_smoothing``, or the run's override), so every client optimises the same loss. A
 # client deciding from its own shard would smooth where its share of the classes is balanced and not where a non-IID
 # partition skewed it (the rule turns smoothing off when the rarest class has under 15% of the largest one's rows),
 # and FedAvg would average models trained on two objectives. A message without it (another ServerApp): the client's.
 SMOOTHING_KEY = "label-smoothing"
-REPLY_RESERVE_S = 2.0
-REPLY_SAFETY = 1.5
-REPLY_JITTER_S = 0.5
 MAX_LOCAL_PASSES = 2.0
 ERROR_PREFIX = "timebudget client "  # an error reply's reason: "timebudget client K: why", K its partition id
 SETUP_FILE = "setup.json"  # a client's last measured costs before training, to refuse a round it cannot fit at once
