@@ -259,6 +259,11 @@ def test_every_client_trains_with_the_label_smoothing_the_server_resolved_for_th
         saved = tmp_path / "fed" / "clients" / "client_0" / f"round_{server_round:03d}" / "config.yaml"
         smoothing[server_round] = yaml.safe_load(saved.read_text())["label_smoothing"]
     assert smoothing == {1: 0.1, 2: 0.0}
+    for bad in ("abc", 2.0):  # a value the config refuses gets an error reply naming the key, not a crash
+        msg = server_message(RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(
+            {"round-seconds": 8.0, "server-round": 3, SMOOTHING_KEY: bad})}), MessageType.TRAIN, 3)
+        reply = call_train(msg, context, TickingClock())
+        assert reply.has_error() and "label_smoothing" in reply.error.reason
 
 
 def test_evaluate_handler_reports_metrics_on_the_clients_test_share(tmp_path: Path) -> None:

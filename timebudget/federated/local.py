@@ -130,7 +130,7 @@ def train_config(run: RunSettings, seconds: float, out: Path, smoothing: float |
     values: dict[str, Any] = dict(config_module.parse_override(item) for item in run.overrides.split())
     values.update(seconds=seconds, data=run.data, seed=run.seed, quiet=True, out=str(out))
     if smoothing is not None:
-        values["label_smoothing"] = float(smoothing)
+        values["label_smoothing"] = smoothing  # checked with the run's other values: a bad one is one line
     for key in ("strategy", "data_dir", "model"):
         if getattr(run, key):
             values[key] = getattr(run, key)
