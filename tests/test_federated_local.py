@@ -171,7 +171,8 @@ def test_a_strategys_bookkeeping_carries_into_the_next_round_and_its_per_run_val
     assert untouched.streak is None and untouched.inner.used is None
     wrapped = strategies.build(dataclasses.replace(config, dedup="auto"), "classification")  # near-duplicate sampling
     local.StrategyCarry({"inner": earlier, "dedup": None})(wrapped, torch.device("cpu"))  # around the same filter
-    assert torch.equal(wrapped.inner.excluded, earlier["excluded"]) and wrapped.copies is None  # counted afresh
+    assert torch.equal(wrapped.inner.excluded, earlier["excluded"])
+    assert wrapped.copies.reason == "no copies counted"  # this run's own decision, not the earlier round's None
 
 
 def test_a_pass_cap_budgets_the_passes_from_the_last_rounds_pass_or_else_the_calibrated_step() -> None:

@@ -157,6 +157,32 @@ def test_label_smoothing_defaults_to_tabular_classes_that_are_not_strongly_imbal
         assert per_sample_loss(resolved, "classification")(confident, target).item() > 1.0
 
 
+def test_label_smoothing_follows_the_distinct_items_where_near_duplicate_sampling_trains_them(tmp_path: Path) -> None:
+    """Balanced items copied unevenly: by rows the rarest class has 20 of the largest's 136 rows (0.147, plain
+    cross-entropy), by distinct items 20 of 20. A run whose near-duplicate sampling counts the copies trains the items,
+    so it smooths (README, "Session 21"); without that sampling, or with the user's value, the rows' rule stands."""
+    from timebudget import data
+
+    g = np.random.default_rng(0)
+    labels = np.arange(60) % 3  # 20 distinct items per class
+    copies = np.where(np.arange(60) < 12, np.where(labels == 0, 30, 1), 1)  # four class-0 items, 30 copies each
+    items = g.random((60, 300)).astype(np.float32)
+    x = np.repeat(items, copies, axis=0) + g.normal(0.0, 0.02, (int(copies.sum()), 300)).astype(np.float32)
+    y = np.repeat(labels, copies)
+    assert np.bincount(y).tolist() == [136, 20, 20]
+    bundle = data.from_arrays("toy", x, y, items, labels)
+    assert trainer.default_smoothing(bundle) == 0.0
+    assert trainer.default_smoothing(bundle, torch.as_tensor(np.repeat(copies, copies))) == 0.1
+    path = tmp_path / "copied.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=items, y_test=labels)
+    for name, fields, smoothing in (("auto", {}, 0.1), ("off", {"dedup": "false"}, 0.0),
+                                    ("given", {"label_smoothing": 0.0}, 0.0)):
+        result = train(Config(seconds=3.0, data=str(path), out=str(tmp_path / name), quiet=True, **fields))
+        saved = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        assert saved["label_smoothing"] == smoothing, name
+        assert result.summary["strategy_stats"].get("dedup", {}).get("active", False) == (name != "off"), name
+
+
 def test_regression_reports_mae_and_rmse_in_the_data_units(regression_run: TrainResult) -> None:
     """Float targets train as regression; errors are reported in the targets' own units (so above the noise floor
     of ~4) and beat predicting the mean (~16) by far."""

@@ -79,7 +79,7 @@ SMOOTHING = 0.1  # the usual recipe value
 SMOOTHING_MIN_BALANCE = 0.15  # smooth only where the rarest class has at least this share of the largest one's rows
 
 
-def default_smoothing(bundle: data.DataBundle) -> float:
+def default_smoothing(bundle: data.DataBundle, copies: torch.Tensor | None = None) -> float:
     """Label smoothing for tabular classification whose classes are not strongly imbalanced; none otherwise.
 
     Why (session 18, development draws only; README "Session 18"): with the MLP it gained 1-3 points on clean, noisy
@@ -88,15 +88,21 @@ def default_smoothing(bundle: data.DataBundle) -> float:
     30 passes, 0.075 lost -1.9; inside the gap (session 19) 0.150 gained +1.4 and +0.5 at 10 and 30 passes, 0.107
     +0.0 and -0.4, so the threshold sits at the last measured gain. Images keep plain cross-entropy: with the ``cnn``
     on distorted 16x16 digits it lost 0.5 point at 16 and 48 s (session 19, a development draw, 10 seeds).
+
+    ``copies`` (each row's number of near copies, where near-duplicate sampling is on) counts a row as ``1 / copies``
+    of its item, so the balance is that of the distinct items the run trains, not of the copying (session 21: on
+    balanced digits copied by Zipf's law the rows' rarest/largest fell to 0.12-0.15 on 5 of 130 development draws,
+    the rule turned smoothing off, and smoothing gained about 2 points there, README "Session 21").
     """
     if bundle.task != "classification" or bundle.kind != "tabular":
         return 0.0
     labels = checks.labels_in_memory(bundle.train)
     if labels is None or int(labels.min()) < 0:
         return 0.0  # a dataset whose labels need every sample loaded is not scanned for this; bad labels: checks says
-    counts = torch.bincount(labels.long().flatten())
+    weights = None if copies is None else 1.0 / copies.double()
+    counts = torch.bincount(labels.long().flatten(), weights)
     counts = counts[counts > 0]
-    return SMOOTHING if int(counts.min()) >= SMOOTHING_MIN_BALANCE * int(counts.max()) else 0.0
+    return SMOOTHING if float(counts.min()) >= SMOOTHING_MIN_BALANCE * float(counts.max()) else 0.0
 
 
 def resolve_defaults(config: Config, bundle: data.DataBundle) -> Config:
@@ -295,6 +301,7 @@ class _Run:
             self.bundle = bundle = hooks.subset(bundle)
         self.hooks = hooks
         self.user_lr = config.lr
+        smoothing_auto = config.label_smoothing is None
         self.warnings = checks.dataset(bundle, config.batch_size)  # the batch asked for, before it is clamped
         self.config = config = resolve_defaults(config, bundle)
         for warning in self.warnings:
@@ -318,13 +325,17 @@ class _Run:
         self.startup.mark("compile" if config.compile else "model")
         self.optimizer = build_optimizer(config, self.model)
         self.startup.mark("optimizer")
-        self.loss_fn = per_sample_loss(config, bundle.task)
         self.autocast = accel.autocast(config.precision, device)
         self.scaler = accel.grad_scaler(config.precision, device)
         self.train_batches, self.test_batches = (
             Batches(split, device, bundle.input_shape, config.data_path, config.num_workers, fmt)
             for split in (bundle.train, bundle.test)
         )
+        resident = self.train_batches.path == "resident"
+        copies = strategies.find_copies(config, self.train_batches.x if resident else None)
+        if smoothing_auto and copies.counts is not None:  # near-duplicate sampling trains the distinct items
+            self.config = config = dataclasses.replace(config, label_smoothing=default_smoothing(bundle, copies.counts))
+        self.loss_fn = per_sample_loss(config, bundle.task)
         self.eval_batch = max(256, 4 * config.batch_size)
         self.n = len(self.train_batches)
         self.order_gen = torch.Generator().manual_seed(config.seed)
@@ -333,9 +344,7 @@ class _Run:
         self.scores = ScoreTable(self.n, device=device)
         if hooks.scores is not None:
             self.scores.load_state_dict(hooks.scores)
-        resident = self.train_batches.path == "resident"
-        self.strategy = strategies.build(config, bundle.task, bundle.num_outputs,
-                                         self.train_batches.x if resident else None)
+        self.strategy = strategies.build(config, bundle.task, bundle.num_outputs, copies)
         if hooks.strategy is not None:
             hooks.strategy(self.strategy, device)
         schedule = hooks.schedule or schedules.build(config.schedule, config.warmup or 0.0, config.step_milestones)

@@ -8,12 +8,11 @@ where the inputs hold many near copies).
 """
 from __future__ import annotations
 
-import torch
-
 from ..config import Config
+from ..dedup import Copies
 from .base import EpochContext, EpochPlan, Strategy
 from .curriculum import Curriculum
-from .dedup import Deduplicate
+from .dedup import Deduplicate, find_copies
 from .full import Full
 from .hard import Hard
 from .importance import Importance
@@ -28,19 +27,21 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def build(config: Config, task: str, classes: int | None = None, inputs: torch.Tensor | None = None) -> Strategy:
+def build(config: Config, task: str, classes: int | None = None, copies: Copies | None = None) -> Strategy:
     """The strategy named by ``config.strategy``, configured from the run's config, behind the noisy-sample filter
     when ``config.filter_noisy`` is ``true``, or ``auto`` on a classification task (the filter then decides, with
     ``classes``, the number of classes, setting its chance loss ln(classes)), and behind near-duplicate sampling
-    unless ``config.dedup`` is ``false`` (it counts copies among ``inputs``, the training inputs when they are in
-    memory, at its first plan)."""
+    unless ``config.dedup`` is ``false`` (acting on ``copies``, what :func:`find_copies` counted at set-up; none
+    given: no copies counted, every row trained)."""
     strategy = STRATEGIES[config.strategy](config, task)
     mode = config.filter_noisy
     if isinstance(mode, bool):
         mode = str(mode).lower()
     if mode == "true" or (mode == "auto" and task == "classification"):
         strategy = NoisyFilter(strategy, config, task, auto=mode == "auto", classes=classes)
-    return strategy if config.dedup == "false" else Deduplicate(strategy, config, task, inputs)
+    if config.dedup == "false":
+        return strategy
+    return Deduplicate(strategy, config, task, copies or Copies(None, "no copies counted"))
 
 
-__all__ = ["STRATEGIES", "EpochContext", "EpochPlan", "Strategy", "build"]
+__all__ = ["STRATEGIES", "EpochContext", "EpochPlan", "Strategy", "build", "find_copies"]

@@ -1,11 +1,13 @@
 """``dedup``: train about one copy of each near-duplicated item per draw; a wrapper usable with any strategy.
 
-What it does: on its first plan it asks :func:`timebudget.dedup.count_copies` how many near copies of each training
-row the set holds (the time counts against the budget, as all planning does). Where copies are common, every epoch
-then draws its rows from what the wrapped strategy planned, ``k`` of them (the summed weight in whole batches), row
-``i`` with probability proportional to ``1 / count[i]``: a group of ``c`` copies gives about one of them per draw, a
-different one each time, and a row without copies is kept. An epoch is as many such draws as fit in the wrapped
-plan's size (see :func:`draws`), so a row may be trained more than once in it. The wrapped plan's loss weights are kept.
+What it does: at set-up :func:`find_copies` asks :func:`timebudget.dedup.count_copies` how many near copies of each
+training row the set holds (the time counts against the budget, as all set-up does; the trainer needs the answer
+before its first step, as the default label smoothing follows the classes of the distinct items). Where copies are
+common, every epoch then draws its rows from what the wrapped strategy planned, ``k`` of them (the summed weight in
+whole batches), row ``i`` with probability proportional to ``1 / count[i]``: a group of ``c`` copies gives about one of
+them per draw, a different one each time, and a row without copies is kept. An epoch is as many such draws as fit in
+the wrapped plan's size (see :func:`draws`), so a row may be trained more than once in it. The wrapped plan's loss
+weights are kept.
 
 This is not unbiased for the training set's gradient, on purpose: it trains the distribution of distinct items, which
 is what a copy-free sample of the world (and the test set) follows, where uniform training would fit the copying; the
@@ -29,16 +31,12 @@ if TYPE_CHECKING:
 
 
 class Deduplicate(Wrapper):
-    def __init__(self, inner: Strategy, config: "Config", task: str, inputs: torch.Tensor | None) -> None:
+    def __init__(self, inner: Strategy, config: "Config", task: str, copies: dedup.Copies) -> None:
         super().__init__(inner, config, task)
-        self.inputs = inputs
         self.name = inner.name
-        self.copies: dedup.Copies | None = None  # decided at the first plan
+        self.copies = copies  # a resumed run's are its checkpoint's (load_state_dict)
 
     def plan(self, ctx: EpochContext) -> EpochPlan:
-        if self.copies is None:
-            self.copies = self.detect()
-            self.inputs = None  # the run's own tensor: not kept beyond the decision
         counts = self.copies.counts
         if counts is None:
             return self.inner.plan(ctx)
@@ -51,21 +49,12 @@ class Deduplicate(Wrapper):
         return EpochPlan(mask=None, weights=plan.weights, phase=f"{plan.phase}+dedup", refresh=plan.refresh,
                          repeats=draws(share, size, max(1, plan.kept(n) // size), ctx.generator))
 
-    def detect(self) -> dedup.Copies:
-        if self.inputs is None:
-            return dedup.Copies(None, "inputs not in memory (the loader path)")
-        allowance = dedup.COST_SHARE * (self.config.seconds or 0.0)
-        return dedup.count_copies(self.inputs, self.config.seed, self.config.dedup == "true", allowance)
-
     def summary(self) -> dict[str, Any]:
-        stats = super().summary()
-        if self.copies is not None:
-            stats["dedup"] = self.copies.summary()
-        return stats
+        return {**super().summary(), "dedup": self.copies.summary()}
 
     def state_dict(self) -> dict[str, Any]:
         copies = self.copies
-        return {"inner": self.inner.state_dict(), "dedup": None if copies is None else {
+        return {"inner": self.inner.state_dict(), "dedup": {
             "counts": copies.counts, "reason": copies.reason, "saving": copies.saving, "seconds": copies.seconds,
             "stats": copies.stats}}
 
@@ -78,9 +67,24 @@ class Deduplicate(Wrapper):
             return
         self.inner.load_state_dict(state["inner"])
         saved = state["dedup"]
-        if saved is not None:
-            counts = saved["counts"].cpu() if saved["counts"] is not None else None
-            self.copies = dedup.Copies(counts, saved["reason"], saved["saving"], saved["seconds"], saved["stats"])
+        if saved is None:  # written by a run that stopped before its first plan, which counted copies then
+            self.copies = dedup.Copies(None, "resumed from a run that had not counted its copies")
+            return
+        counts = saved["counts"].cpu() if saved["counts"] is not None else None
+        self.copies = dedup.Copies(counts, saved["reason"], saved["saving"], saved["seconds"], saved["stats"])
+
+
+def find_copies(config: "Config", inputs: torch.Tensor | None) -> dedup.Copies:
+    """The run's near copies among ``inputs`` (the training inputs where they are in memory), as ``config.dedup`` asks;
+    counting may take at most ``dedup.COST_SHARE`` of the budget. A resumed run does not count: its checkpoint holds
+    the first part's decision."""
+    if config.dedup == "false":
+        return dedup.Copies(None, "dedup: false")
+    if config.resume:
+        return dedup.Copies(None, "resumed: the checkpoint holds the decision")
+    if inputs is None:
+        return dedup.Copies(None, "inputs not in memory (the loader path)")
+    return dedup.count_copies(inputs, config.seed, config.dedup == "true", dedup.COST_SHARE * (config.seconds or 0.0))
 
 
 def draws(share: torch.Tensor, size: int, rounds: int, generator: torch.Generator) -> torch.Tensor:
