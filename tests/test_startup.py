@@ -73,7 +73,7 @@ def test_a_runs_start_up_is_accounted_exactly(user_module: Callable[[str, str], 
     s = train(Config(seconds=2.0, model="built_model:make", out=str(tmp_path / "run"), quiet=True), now=clock).summary
     parts = s["startup"]
     assert parts["model_s"] == 0.25 and parts["calibration_s"] > 0 and not parts["compiled"]
-    assert all(parts[f"{name}_s"] == 0 for name in ("imports", "data", "optimizer", "setup", "folder"))
+    assert all(parts[f"{name}_s"] == 0 for name in ("imports", "data", "optimizer", "setup", "copies", "folder"))
     assert parts["total_s"] == pytest.approx(parts["model_s"] + parts["calibration_s"]) == s["startup_s"]
 
 

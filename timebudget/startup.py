@@ -8,8 +8,9 @@ the device, which creates the CUDA context), ``compile_s`` (with ``compile``: to
 inductor, plus what the cold calibration steps took beyond a normal step, i.e. the compilation), ``optimizer_s`` (the
 first ``torch.optim`` optimizer of a process imports ``torch._dynamo``, about 0.9 s on a 2-core CPU, whether or not
 anything is compiled: its constructor and ``step`` are wrapped in ``torch._disable_dynamo``), ``setup_s`` (data to the
-device, score table, strategy), ``calibration_s`` (the rest of calibration: its steps, the evaluation, tail and
-serialisation probes), ``folder_s`` (the run folder), and ``total_s``, process start to the start of training.
+device, score table, strategy), ``copies_s`` (counting near copies, :mod:`timebudget.dedup`), ``calibration_s`` (the
+rest of calibration: its steps, the evaluation, tail and serialisation probes), ``folder_s`` (the run folder), and
+``total_s``, process start to the start of training.
 
 Compilation (``compile``) runs through inductor, whose on-disk caches (compiled FX graphs, AOTAutograd's joint
 graphs, on CUDA also Triton kernels and autotuning results) make a repeated compilation a lookup. timebudget points
