@@ -18,7 +18,7 @@ import torch
 
 import torch.nn.functional as F
 
-from timebudget import config as config_module, data, dedup, sampler
+from timebudget import config as config_module, data, sampler
 from timebudget.config import Config
 from timebudget.errors import TimebudgetError
 from timebudget.scores import ScoreTable
@@ -599,8 +599,8 @@ def test_wrappers_pass_on_the_inner_strategys_own_step_and_counts() -> None:
     """The noise filter and the near-duplicate sampling around Selective-Backprop: the loop gets its step through both,
     and ``summary.json`` its counts (plus the sampling's decision)."""
     config = Config(seconds=100, strategy="selective-backprop", filter_noisy="true", batch_size=8)
-    wrapped = build(config, "classification", 10, counted(config, torch.rand(200, 300, generator=torch.Generator()
-                                                                             .manual_seed(0))))
+    inputs = torch.rand(200, 300, generator=torch.Generator().manual_seed(0))
+    wrapped = build(config, "classification", 10, find_copies(config, inputs))
     assert isinstance(wrapped, Deduplicate) and isinstance(wrapped.inner, noisy.NoisyFilter)
     sb = wrapped.inner.inner
     run = FakeRun(step_s=1.0, forward_s=0.1)
@@ -647,11 +647,6 @@ def test_cli_run_with_selective(tmp_path: Path) -> None:
 
 
 # --- near-duplicate sampling (the detection itself: test_dedup.py) ---------------------------------------------------
-def counted(config: Config, inputs: torch.Tensor | None) -> dedup.Copies:
-    """What the trainer's set-up hands the strategy: the copies :func:`find_copies` counts among the inputs."""
-    return find_copies(config, inputs)
-
-
 def planted_copies(items: int, copies: list[int], features: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ``items`` distinct random items, item i copied ``copies[i]`` times with a little noise; and each row's
     item."""
@@ -681,7 +676,7 @@ def test_dedup_draws_only_among_what_the_wrapped_strategy_kept() -> None:
 def test_dedup_wraps_the_plan_in_draws_of_whole_batches_keeping_its_weights() -> None:
     x, item = planted_copies(40, [10] * 8 + [1] * 32)  # 112 rows, 40 items
     config = Config(seconds=100, strategy="infobatch", filter_noisy="false", batch_size=8, prune_min_passes=0)
-    wrapped = build(config, "classification", 10, counted(config, x))
+    wrapped = build(config, "classification", 10, find_copies(config, x))
     assert isinstance(wrapped, Deduplicate) and isinstance(wrapped.inner, infobatch.InfoBatch)
     scores = table(torch.rand(112, generator=torch.Generator().manual_seed(1)))
     plan = wrapped.plan(context(scores, progress=0.5))
@@ -700,22 +695,22 @@ def test_dedup_passes_the_plan_through_when_copies_are_rare_or_inputs_are_not_in
     distinct, _ = planted_copies(100, [1] * 100)
     for inputs, reason in ((distinct, "below 10%"), (None, "not in memory")):
         config = Config(seconds=100, strategy="random", filter_noisy="false")
-        wrapped = build(config, "classification", 10, counted(config, inputs))
+        wrapped = build(config, "classification", 10, find_copies(config, inputs))
         plan = wrapped.plan(context(table(ranked_losses(100)), affordable=100.0))
         assert plan.repeats is None and plan.mask is not None and "dedup" not in plan.phase
         assert reason in wrapped.summary()["dedup"]["reason"] and not wrapped.summary()["dedup"]["active"]
     off = Config(seconds=100, dedup="false")
-    assert counted(off, distinct).reason == "dedup: false"  # never looked at
-    assert build(off, "classification", 10, counted(off, distinct)).name == "infobatch+filter_noisy"
-    assert not isinstance(build(off, "classification", 10, counted(off, distinct)), Deduplicate)
+    assert find_copies(off, distinct).reason == "dedup: false"  # never looked at
+    assert build(off, "classification", 10, find_copies(off, distinct)).name == "infobatch+filter_noisy"
+    assert not isinstance(build(off, "classification", 10, find_copies(off, distinct)), Deduplicate)
 
 
 def test_dedup_decision_survives_a_resume_and_an_older_checkpoint_trains_every_row(tmp_path: Path) -> None:
     x, _ = planted_copies(20, [5] * 20)
     config = Config(seconds=100, strategy="full", filter_noisy="false", batch_size=4)
-    first = build(config, "classification", 10, counted(config, x))
+    first = build(config, "classification", 10, find_copies(config, x))
     resumed_config = dataclasses.replace(config, resume=str(tmp_path))
-    not_counted = counted(resumed_config, x)  # a resumed run does not count again: its checkpoint holds the decision
+    not_counted = find_copies(resumed_config, x)  # a resumed run does not count again: its checkpoint decides
     assert not_counted.counts is None and "resumed" in not_counted.reason
     resumed = build(resumed_config, "classification", 10, not_counted)
     torch.save(first.state_dict(), tmp_path / "state.pt")  # as a checkpoint holds it
@@ -723,10 +718,13 @@ def test_dedup_decision_survives_a_resume_and_an_older_checkpoint_trains_every_r
     assert resumed.summary()["dedup"] == first.summary()["dedup"]
     assert torch.equal(resumed.copies.counts, first.copies.counts)
     assert resumed.plan(context(table(ranked_losses(100)))).repeats is not None
-    older = build(config, "classification", 10, counted(config, x))
+    older = build(config, "classification", 10, find_copies(config, x))
     older.load_state_dict(first.inner.state_dict())  # what a checkpoint before the wrapper held
     assert older.plan(context(table(ranked_losses(100)))).repeats is None
     assert "without deduplication" in older.summary()["dedup"]["reason"]
+    early = build(resumed_config, "classification", 10, not_counted)  # a checkpoint from before copies were counted
+    early.load_state_dict({"inner": first.inner.state_dict(), "dedup": None})
+    assert early.copies.counts is None and "had not counted" in early.copies.reason
 
 
 def test_run_on_copied_data_trains_about_one_copy_of_each_item(tmp_path: Path, warm: None) -> None:
@@ -811,9 +809,9 @@ def test_infobatch_counts_its_passes_over_distinct_items_where_copies_were_count
     losses = torch.rand(200, generator=torch.Generator().manual_seed(2))
     ctx = context(table(losses), progress=0.5, affordable=1.0 * 200)  # the whole window: two passes over the rows
     assert infobatch.planned_passes(ctx) == pytest.approx(2.0)
-    wrapped = build(config, "classification", 10, counted(config, copied))
+    wrapped = build(config, "classification", 10, find_copies(config, copied))
     plan = wrapped.plan(ctx)
     assert plan.phase == "select+dedup" and plan.weights is not None  # pruned: the kept below-mean rows reweighted
     assert float(plan.weights.max()) > 1.0
-    plain = build(config, "classification", 10, counted(config, distinct)).plan(ctx)  # forced: every row its own item
+    plain = build(config, "classification", 10, find_copies(config, distinct)).plan(ctx)  # forced: each row an item
     assert plain.phase == "select+dedup" and plain.weights is None  # two passes: all data
