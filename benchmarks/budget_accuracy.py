@@ -137,8 +137,10 @@ RETRIES = 3  # a run refused as too small (a load spike during its start-up) is 
 # passes (imbalanced, "2 passes": 1.1-3.3 against 4-5). It is run again, same seed and budget, so that the paired
 # difference compares methods, not the machine's hiccups; the table counts the re-runs.
 STARVED_SHARE = 0.6
-# A run that trained less than this share of its budget stopped short (session 16: one run of 3,000 trained 0.018 s of
-# 0.8 s, where the others trained 0.45 s or more); its metrics.jsonl is printed to stderr, as its folder is temporary.
+# A run that trained less than this share of its budget, or of the passes its budget was set for, stopped short
+# (session 16: one run of 3,000 trained 0.018 s of 0.8 s, where the others trained 0.45 s or more; session 21: one
+# trained 0.016 passes in a 0.29 s window meant for 2); its metrics.jsonl is printed to stderr, as its folder is
+# temporary.
 SHORT_SHARE = 0.2
 
 
@@ -248,13 +250,14 @@ def train_retrying(config: Config) -> tuple[dict[str, Any], float, int]:
     return summary, share, reruns
 
 
-def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out: Path, draw: int = -1) -> Result:
+def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out: Path, draw: int = -1,
+            passes: float = 0.0) -> Result:
     s, share, reruns = train_retrying(Config(seconds=budget, data=spec, seed=seed, quiet=True, device="cpu",
                                              out=str(out), **overrides))
     log = (out / "metrics.jsonl").read_text()
-    if s["train_s"] < SHORT_SHARE * budget:
-        print(f"stopped short: {out} trained {s['train_s']:.3f} s of {budget:.2f} s; its metrics.jsonl:\n{log}",
-              file=sys.stderr, flush=True)
+    if s["train_s"] < SHORT_SHARE * budget or s["passes"] < SHORT_SHARE * passes:
+        print(f"stopped short: {out} trained {s['train_s']:.3f} s of {budget:.2f} s, {s['passes']:.3f} passes of the "
+              f"{passes:g} its budget was set for; its metrics.jsonl:\n{log}", file=sys.stderr, flush=True)
     records = [json.loads(line) for line in log.splitlines()]
     phases = [r.get("phase", "") for r in records if r.get("event") == "epoch"]
     metrics = s["test_metrics"]
@@ -352,7 +355,7 @@ def run_all(draws: Draws, passes: list[float], seeds: list[int], variants: list[
         for name in order:
             out = folder / "runs" / f"{dataset}-{p:g}-{seed}-{name.replace('/', '-')}"
             spec = specs[dataset + ORACLE_SUFFIX] if name == ORACLE else specs[dataset]
-            result = run_one(spec, budget, seed, VARIANTS[name], out, draws.draw(seed))
+            result = run_one(spec, budget, seed, VARIANTS[name], out, draws.draw(seed), p)
             results.setdefault((dataset, p, name), []).append(result)
             if name == "full":
                 costs.append(max(0.0, budget - result.train_s))
