@@ -169,6 +169,28 @@ def test_what_cannot_be_resumed_is_one_line(tmp_path: Path, cli_main: Callable[.
     cli_main("train", "--resume", str(tmp_path)).one_line_error("--resume", "completed")
 
 
+def test_the_data_checksum_is_taken_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every checkpoint (the calibration's probe of the final save, the periodic ones, the final one) holds the data's
+    checksum, taken once at set-up: a sum over all training inputs in each of them made the probe, and so the tail's
+    reserve, as slow as the sum at its slowest."""
+    clock = FakeClock()
+    Recorder(monkeypatch, clock)
+    taken = []
+    real = checkpoint.fingerprint
+
+    def fingerprint(run: Any) -> dict[str, Any]:
+        taken.append(real(run))
+        return taken[-1]
+
+    monkeypatch.setattr(checkpoint, "fingerprint", fingerprint)
+    out = tmp_path / "run"
+    train(_config(out, strategy="full", save_checkpoints=2), now=clock)
+    saved = [torch.load(path, weights_only=True)["data"] for path in sorted((out / "checkpoints").glob("*.pt"))]
+    assert len(saved) == 2 and len(taken) == 1
+    assert all(data["checksum"] == taken[0]["checksum"] for data in saved)
+    assert torch.load(out / checkpoint.NAME, weights_only=True)["data"]["checksum"] == taken[0]["checksum"]
+
+
 def test_a_checkpoint_of_other_data_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     Recorder(monkeypatch, clock, interrupt_at=20)

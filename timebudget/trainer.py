@@ -340,6 +340,7 @@ class _Run:
         self.loss_fn = per_sample_loss(config, bundle.task)
         self.eval_batch = max(256, 4 * config.batch_size)
         self.n = len(self.train_batches)
+        self.data_facts = checkpoint.fingerprint(self)  # once: every checkpoint, the calibration's probe too, holds it
         self.order_gen = torch.Generator().manual_seed(config.seed)
         # on the device: no copy per step; under torchrun each rank draws its own augmentations
         self.aug_gen = torch.Generator(device).manual_seed(world.seed(config.seed + 1))
