@@ -233,7 +233,7 @@ def collector_frozen() -> Iterator[None]:
     385,000 objects, and a full collection inside a run took 0.23-0.26 s on the 2-core CPU, 0.2 ms with them frozen
     (session 22). Python starts one when enough objects have survived, at a moment nobody chooses; one falling in a
     calibration probe or a step is a stall the clock must believe, so in a short budget it reserves that much more for
-    the tail, or stops training for good (session 22's table had two runs of 3,600 stall about 0.3 s so, one in a
+    the tail, or stops training for good (session 22's table had two runs of 3,060 stall about 0.3 s so, one in a
     probe and one in a step; that these were collections is likely, not shown). A caller that froze objects itself
     keeps its own arrangement."""
     if gc.get_freeze_count():
