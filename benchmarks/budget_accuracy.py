@@ -225,6 +225,7 @@ class Result:
     cpu_share: float = math.nan  # the process's CPU time over the run's wall time (tables before session 14 lack it)
     reruns: int = 0  # times the run was starved (``STARVED_SHARE``) and run again
     draw: int = -1  # the data seed of its sets (tables before session 20 lack it: one draw per table, its --data-seed)
+    dedup: bool | None = None  # near-duplicate sampling acted (counted copies); tables before session 23 lack it
 
 
 def train_retrying(config: Config) -> tuple[dict[str, Any], float, int]:
@@ -275,6 +276,7 @@ def run_one(spec: str, budget: float, seed: int, overrides: dict[str, Any], out:
         cpu_share=share,
         reruns=reruns,
         draw=draw,
+        dedup=bool(s.get("strategy_stats", {}).get("dedup", {}).get("active", False)),
     )
 
 
@@ -410,6 +412,9 @@ def table(results: dict[Key, list[Result]], dataset: str, passes: list[float], v
         imp = statistics.fmean(r.importance for r in rs)
         if on or imp:
             switched.append(f"{name}: filter on in {on}/{len(rs)} runs, importance epochs {100 * imp:.0f}%")
+        known = [r.dedup for r in rs if r.dedup is not None]
+        if any(known):
+            switched.append(f"{name}: near-duplicate sampling on in {sum(known)}/{len(known)} runs")
         if VARIANTS[name].get("strategy") == "selective-backprop":
             for p in passes:
                 ps = results[(dataset, p, name)]

@@ -24,7 +24,7 @@ def copied(items: int, copies: list[int] | int, features: int = 300, noise: floa
 def test_planted_copies_are_counted_per_row() -> None:
     sizes = [1] * 60 + [2] * 20 + [5] * 10 + [40]  # 190 rows of 91 items
     x, item = copied(91, sizes)
-    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    found = dedup.count_copies(x, seed=0, forced=False, budget=1000.0)
     assert found.counts is not None and found.counts.dtype == torch.long
     assert torch.equal(found.counts, torch.tensor(sizes)[item])  # every row: exactly its item's copies
     assert found.saving == pytest.approx(1 - 91 / 190)
@@ -33,39 +33,63 @@ def test_planted_copies_are_counted_per_row() -> None:
 
 def test_distinct_rows_have_no_copies_and_the_run_stays_uniform() -> None:
     x, _ = copied(500, 1)
-    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    found = dedup.count_copies(x, seed=0, forced=False, budget=1000.0)
     assert found.counts is None and found.saving == 0.0 and "below 10%" in found.reason
-    forced = dedup.count_copies(x, seed=0, forced=True, allowance=0.0)
+    forced = dedup.count_copies(x, seed=0, forced=True, budget=0.0)
     assert forced.counts is not None and bool((forced.counts == 1).all())
 
 
 def test_rare_copies_below_the_saving_rule_are_left_alone() -> None:
     x, _ = copied(400, [2] * 20 + [1] * 380)  # 20 surplus rows of 420: about 5% of an epoch
-    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    found = dedup.count_copies(x, seed=0, forced=False, budget=1000.0)
     assert found.counts is None and 0.0 < found.saving < dedup.MIN_SAVING
 
 
 def test_few_features_are_not_looked_at_unless_forced() -> None:
     x, item = copied(50, 4, features=dedup.MIN_FEATURES - 1)
-    found = dedup.count_copies(x, seed=0, forced=False, allowance=10.0)
+    found = dedup.count_copies(x, seed=0, forced=False, budget=1000.0)
     assert found.counts is None and f"below {dedup.MIN_FEATURES}" in found.reason
-    forced = dedup.count_copies(x, seed=0, forced=True, allowance=10.0)
+    forced = dedup.count_copies(x, seed=0, forced=True, budget=1000.0)
     assert forced.counts is not None and bool((forced.counts == 4).all())
 
 
 def test_projecting_that_would_cost_more_than_its_allowance_is_skipped() -> None:
     x, _ = copied(300, 5)
-    found = dedup.count_copies(x, seed=0, forced=False, allowance=0.0)
+    found = dedup.count_copies(x, seed=0, forced=False, budget=0.0)
     assert found.counts is None and "projecting all rows would take about" in found.reason
-    assert dedup.count_copies(x, seed=0, forced=True, allowance=0.0).counts is not None  # forced: whatever it costs
+    assert dedup.count_copies(x, seed=0, forced=True, budget=0.0).counts is not None  # forced: whatever it costs
 
 
 def test_counting_that_would_cost_more_than_its_allowance_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     x, _ = copied(300, 5)
     project = dedup.project
     monkeypatch.setattr(dedup, "project", lambda flat, directions, allowance: project(flat, directions, None))
-    found = dedup.count_copies(x, seed=0, forced=False, allowance=0.0)
+    found = dedup.count_copies(x, seed=0, forced=False, budget=0.0)
     assert found.counts is None and "counting all rows would take about" in found.reason and found.saving > 0.5
+
+
+@pytest.mark.parametrize("saving, share", [(0.0, dedup.COST_SHARE), (0.1, dedup.COST_SHARE),
+                                           (0.75, 0.75 * dedup.PAYBACK), (0.9, 0.9 * dedup.PAYBACK)])
+def test_counting_may_take_more_of_the_budget_the_more_copies_the_screen_found(saving: float, share: float) -> None:
+    assert dedup.count_allowance(100.0, saving) == pytest.approx(100.0 * share)
+    assert dedup.count_allowance(0.0, saving) == 0.0
+
+
+def test_a_heavily_copied_set_is_counted_where_the_bare_cost_share_would_not_allow_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock (each reading 1 ms after the last) makes the screen predict ``n / SCREEN`` ms for counting: 4.7 ms
+    for 1,200 rows, above 5% of a 0.06 s budget (3 ms), below a quarter of what uniform training would spend on its
+    80% surplus copies (12 ms)."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(dedup.time, "perf_counter", lambda: next(ticks) * 1e-3)
+    x, _ = copied(240, 5)
+    budget = 0.06
+    assert dedup.COST_SHARE * budget < 1e-3 * len(x) / dedup.SCREEN < dedup.count_allowance(budget, 0.8)
+    found = dedup.count_copies(x, seed=0, forced=False, budget=budget)
+    assert found.counts is not None and bool((found.counts == 5).all()), found.reason
+    monkeypatch.setattr(dedup, "PAYBACK", 0.0)  # the bare cost share: not counted
+    found = dedup.count_copies(x, seed=0, forced=False, budget=budget)
+    assert found.counts is None and "counting all rows would take about" in found.reason
 
 
 def test_the_projection_in_chunks_is_the_centred_product(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,10 +103,10 @@ def test_the_projection_in_chunks_is_the_centred_product(monkeypatch: pytest.Mon
 
 def test_images_count_as_their_flattened_pixels() -> None:
     x, item = copied(30, 3, features=3 * 16 * 16)
-    found = dedup.count_copies(x.view(-1, 3, 16, 16), seed=1, forced=False, allowance=10.0)
+    found = dedup.count_copies(x.view(-1, 3, 16, 16), seed=1, forced=False, budget=1000.0)
     assert found.counts is not None and bool((found.counts == 3).all())
 
 
 def test_identical_rows_and_tiny_sets_say_why() -> None:
-    assert "every row is the same" in dedup.count_copies(torch.ones(10, 300), 0, False, 10.0).reason
-    assert dedup.count_copies(torch.ones(1, 300), 0, True, 10.0).counts is None
+    assert "every row is the same" in dedup.count_copies(torch.ones(10, 300), 0, False, 1000.0).reason
+    assert dedup.count_copies(torch.ones(1, 300), 0, True, 1000.0).counts is None

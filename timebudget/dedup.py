@@ -22,9 +22,14 @@ at least ``MIN_SAVING``.
 
 Cost: the projection is a matrix product (4,000 rows of 784 features: 5-8 ms on one CPU thread); a screen of
 ``SCREEN`` random rows against all (2 ms) estimates the saving, and only where it is worth acting are all rows counted
-(``n / SCREEN`` screens: 27 ms for 4,000 rows, quadratic in the rows). The projection is skipped when its first chunk
-predicts more than ``COST_SHARE`` of the budget for all rows, and so is counting when the screen predicts that; the
-run then trains uniformly.
+(``n / SCREEN`` screens: 27-40 ms for 4,000 rows, quadratic in the rows). The projection is skipped when its first
+chunk predicts more than ``COST_SHARE`` of the budget for all rows; the run then trains uniformly. Counting is allowed
+more where the screen found more copies (:func:`count_allowance`): uniform training would spend ``saving`` of every
+epoch on surplus copies, and counting may take up to ``PAYBACK`` of that time (at least ``COST_SHARE`` of the budget).
+With ``COST_SHARE`` alone a 0.8 s budget allowed 0.04 s, and the benchmark's Zipf-copied set (saving 75%) went
+uncounted in 7 of 30 development runs (counting predicted at 0.04-0.05 s), where counting gained +0.71 point (session
+23; ``benchmarks/README.md``); CIFAR-10's 50,000 rows (about 4 s to count on one thread) would go uncounted below an
+80 s budget.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ SCREEN = 256
 MIN_FEATURES = 256
 MIN_SAVING = 0.1
 COST_SHARE = 0.05
+PAYBACK = 0.25  # of the time uniform training would spend on surplus copies that counting them may take
 PROJECT_ROWS = 4096  # rows projected at once; the first chunk's time predicts the rest
 BLOCK = 1 << 20  # distances compared at once: 4 MiB of float32 stay in cache (4x faster than 64 MiB on one thread)
 
@@ -65,11 +71,19 @@ class Copies:
         return out
 
 
-def count_copies(x: torch.Tensor, seed: int, forced: bool, allowance: float) -> Copies:
+def count_allowance(budget: float, saving: float) -> float:
+    """The most seconds counting all rows may take in a run of ``budget`` seconds whose screen estimated ``saving``:
+    ``PAYBACK`` of the ``saving * budget`` seconds uniform training would spend on surplus copies, and never less
+    than ``COST_SHARE`` of the budget (what projecting may take, before anything is known of copies)."""
+    return budget * max(COST_SHARE, PAYBACK * saving)
+
+
+def count_copies(x: torch.Tensor, seed: int, forced: bool, budget: float) -> Copies:
     """Near copies of every row of ``x`` (rows, *features), or a :class:`Copies` without counts and the reason.
 
-    ``forced`` skips the feature and saving rules (``dedup: true``); ``allowance`` is the most seconds projecting all
-    rows, and then counting them, may each take (the first chunk's and the screen's own times predict them)."""
+    ``forced`` skips the feature, saving and cost rules (``dedup: true``); ``budget`` (seconds) sets what projecting
+    all rows (``COST_SHARE`` of it) and then counting them (:func:`count_allowance`) may take, as the first chunk's
+    and the screen's own times predict them."""
     t0 = time.perf_counter()
     n = len(x)
     features = x[0].numel() if n else 0
@@ -81,6 +95,7 @@ def count_copies(x: torch.Tensor, seed: int, forced: bool, allowance: float) -> 
     gen = torch.Generator().manual_seed(seed)
     flat = x.reshape(n, -1)
     directions = (torch.randn(features, DIMS, generator=gen) / DIMS ** 0.5).to(flat.device)
+    allowance = COST_SHARE * budget
     points, predicted = project(flat, directions, None if forced else allowance)
     if points is None:
         return Copies(None, f"projecting all rows would take about {predicted:.2f} s: more than {allowance:.2f} s",
@@ -100,6 +115,7 @@ def count_copies(x: torch.Tensor, seed: int, forced: bool, allowance: float) -> 
         return Copies(None, f"copies would save {saving:.0%} of an epoch: below {MIN_SAVING:.0%}", saving,
                       time.perf_counter() - t0, stats)
     predicted = screen_s * n / len(screened)
+    allowance = count_allowance(budget, saving)
     if not forced and predicted > allowance:
         return Copies(None, f"counting all rows would take about {predicted:.2f} s: more than {allowance:.2f} s",
                       saving, time.perf_counter() - t0, stats)

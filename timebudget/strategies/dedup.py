@@ -76,15 +76,15 @@ class Deduplicate(Wrapper):
 
 def find_copies(config: "Config", inputs: torch.Tensor | None) -> dedup.Copies:
     """The run's near copies among ``inputs`` (the training inputs where they are in memory), as ``config.dedup`` asks;
-    counting may take at most ``dedup.COST_SHARE`` of the budget. A resumed run does not count: its checkpoint holds
-    the first part's decision."""
+    the budget sets what projecting and counting may take (:func:`timebudget.dedup.count_allowance`). A resumed run does
+    not count: its checkpoint holds the first part's decision."""
     if config.dedup == "false":
         return dedup.Copies(None, "dedup: false")
     if config.resume:
         return dedup.Copies(None, "resumed: the checkpoint holds the decision")
     if inputs is None:
         return dedup.Copies(None, "inputs not in memory (the loader path)")
-    return dedup.count_copies(inputs, config.seed, config.dedup == "true", dedup.COST_SHARE * (config.seconds or 0.0))
+    return dedup.count_copies(inputs, config.seed, config.dedup == "true", config.seconds or 0.0)
 
 
 def draws(share: torch.Tensor, size: int, rounds: int, generator: torch.Generator) -> torch.Tensor:
