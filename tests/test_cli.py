@@ -7,6 +7,7 @@ trains, end to end, with a budget that leaves room for start-up.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import subprocess
 import time
@@ -207,3 +208,21 @@ def test_fast_cifar_config_trains_on_cifar10_files(cli_main, tmp_path: Path) -> 
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["augment"], saved["tta"], saved["label_smoothing"], saved["average_from"]) == (True, True, 0.2, 0.75)
     assert step_records(out, summary)[-1]["lr"] < 0.4 * 0.05  # decayed to near zero at the window's end
+
+
+def test_a_command_line_run_freezes_the_collector_itself_as_its_process_ends_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` marks a command-line process's run as its only one; ``_train`` then freezes what exists before it, so
+    ``train`` keeps that arrangement (no collection after the last artifact, nothing given back) while an in-process
+    caller's runs (``only_run`` false) end with nothing frozen."""
+    parser = cli.build_parser()
+    argv = ["train", "--seconds", "3", "--data", "synthetic", "--model", "mlp", "--quiet"]
+    try:
+        for only_run in (False, True):
+            args = parser.parse_args([*argv, "--out", str(tmp_path / str(only_run))])
+            args.only_run = only_run
+            monkeypatch.setattr(cli, "_PROCESS_START", time.monotonic())  # the budget counts from here
+            assert cli._train(args) == 0
+            assert (gc.get_freeze_count() > 0) is only_run
+    finally:
+        gc.unfreeze()

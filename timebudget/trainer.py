@@ -226,6 +226,9 @@ def default_out_dir(config: Config) -> Path:
     return Path("runs") / f"{stamp}-{name}-{config.strategy}"
 
 
+_UNCOLLECTED = False  # a run in this process ended by an exception, and its objects may not have been collected
+
+
 @contextlib.contextmanager
 def collector_frozen() -> Iterator[None]:
     """Leave the objects that exist before the run (torch's modules, the caller's) out of Python's cyclic garbage
@@ -235,13 +238,31 @@ def collector_frozen() -> Iterator[None]:
     calibration probe or a step is a stall the clock must believe, so in a short budget it reserves that much more for
     the tail, or stops training for good (session 22's table had two runs of 3,060 stall about 0.3 s so, one in a
     probe and one in a step; that these were collections is likely, not shown). A caller that froze objects itself
-    keeps its own arrangement."""
+    keeps its own arrangement.
+
+    The run's own objects are collected when it ends, while the older ones are still frozen (5-8 ms; 70 ms after a
+    process's first run, whose lazy imports leave many objects; the command line, whose process ends with its run,
+    freezes everything before it and so never pays it): a run's objects hold reference cycles, and garbage that the
+    next run's freeze caught was given back to the oldest generation, which Python then hardly ever collected, so a
+    process that trained run after run (the benchmark, a Flower client) kept every run's data and model: 24 MB a
+    run, until two budget-accuracy tables of about 560 runs each exhausted 24 GiB (session 23). A run ended by an
+    exception is still referenced by its traceback when this exits; the next run in the process then collects
+    everything once before it freezes (about a quarter of a second)."""
+    global _UNCOLLECTED
     if gc.get_freeze_count():
         yield
         return
+    if _UNCOLLECTED:
+        gc.collect()
+        _UNCOLLECTED = False
     gc.freeze()
     try:
         yield
+    except BaseException:
+        _UNCOLLECTED = True
+        raise
+    else:
+        gc.collect()
     finally:
         gc.unfreeze()
 
@@ -297,7 +318,10 @@ def train(
             run.loop(view)
             view.phase("tail")
             result = run.finish()
-    del run  # under torchrun: DDP's reducer goes before its process group (gloo can abort when torn down under it)
+        # the run's objects become garbage here (the live view holds its status method), to be collected before the
+        # older ones are unfrozen; under torchrun DDP's reducer also goes before its process group (gloo can abort when
+        # torn down under it)
+        del run, view
     world.close()
     return result
 
