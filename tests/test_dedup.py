@@ -77,14 +77,14 @@ def test_counting_may_take_more_of_the_budget_the_more_copies_the_screen_found(s
 
 def test_a_heavily_copied_set_is_counted_where_the_bare_cost_share_would_not_allow_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fake clock (each reading 1 ms after the last) makes the screen predict ``n / SCREEN`` ms for counting: 4.7 ms
-    for 1,200 rows, above 5% of a 0.06 s budget (3 ms), below a quarter of what uniform training would spend on its
-    80% surplus copies (12 ms)."""
+    """A fake clock (each reading 1 ms after the last) makes the screen predict ``(n + 1) / (2 SCREEN)`` ms for
+    counting each pair once: 2.3 ms for 1,200 rows, above 5% of a 0.04 s budget (2 ms), below a quarter of what
+    uniform training would spend on its 80% surplus copies (8 ms)."""
     ticks = iter(range(10**6))
     monkeypatch.setattr(dedup.time, "perf_counter", lambda: next(ticks) * 1e-3)
     x, _ = copied(240, 5)
-    budget = 0.06
-    assert dedup.COST_SHARE * budget < 1e-3 * len(x) / dedup.SCREEN < dedup.count_allowance(budget, 0.8)
+    budget = 0.04
+    assert dedup.COST_SHARE * budget < 1e-3 * (len(x) + 1) / (2 * dedup.SCREEN) < dedup.count_allowance(budget, 0.8)
     found = dedup.count_copies(x, seed=0, forced=False, budget=budget)
     assert found.counts is not None and bool((found.counts == 5).all()), found.reason
     monkeypatch.setattr(dedup, "PAYBACK", 0.0)  # the bare cost share: not counted
@@ -110,3 +110,16 @@ def test_images_count_as_their_flattened_pixels() -> None:
 def test_identical_rows_and_tiny_sets_say_why() -> None:
     assert "every row is the same" in dedup.count_copies(torch.ones(10, 300), 0, False, 1000.0).reason
     assert dedup.count_copies(torch.ones(1, 300), 0, True, 1000.0).counts is None
+
+
+@pytest.mark.parametrize("block", [1, 50, 1 << 20])  # one row per block, blocks growing as the rows left shrink, one
+def test_counting_each_pair_once_counts_as_comparing_every_row_with_every_row(monkeypatch: pytest.MonkeyPatch,
+                                                                              block: int) -> None:
+    monkeypatch.setattr(dedup, "BLOCK", block)
+    g = torch.Generator().manual_seed(3)
+    items = torch.randn(40, 8, generator=g)
+    points = torch.cat([items.repeat(3, 1) + 0.05 * torch.randn(120, 8, generator=g), torch.randn(17, 8, generator=g)])
+    counts = dedup._count_all(points, 0.5)
+    assert counts.dtype == torch.long and int(counts.max()) >= 3  # the copies are within the radius of each other
+    assert torch.equal(counts, dedup._within(points, points, 0.5))
+    assert torch.equal(counts, ((points[:, None] - points[None]).norm(dim=2) < 0.5).sum(1))

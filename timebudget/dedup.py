@@ -20,16 +20,18 @@ few features are close by nature and an exact repeat there often records a real 
 inputs of at least ``MIN_FEATURES`` features (images, embeddings), and only acts when the copies would cut an epoch by
 at least ``MIN_SAVING``.
 
-Cost: the projection is a matrix product (4,000 rows of 784 features: 5-8 ms on one CPU thread); a screen of
-``SCREEN`` random rows against all (2 ms) estimates the saving, and only where it is worth acting are all rows counted
-(``n / SCREEN`` screens: 27-40 ms for 4,000 rows, quadratic in the rows). The projection is skipped when its first
-chunk predicts more than ``COST_SHARE`` of the budget for all rows; the run then trains uniformly. Counting is allowed
-more where the screen found more copies (:func:`count_allowance`): uniform training would spend ``saving`` of every
-epoch on surplus copies, and counting may take up to ``PAYBACK`` of that time (at least ``COST_SHARE`` of the budget).
-With ``COST_SHARE`` alone a 0.8 s budget allowed 0.04 s, and the benchmark's Zipf-copied set (saving 75%) went
-uncounted in 7 of 30 development runs (counting predicted at 0.04-0.05 s), where counting gained +0.71 point (session
-23; ``benchmarks/README.md``); CIFAR-10's 50,000 rows (about 4 s to count on one thread) went uncounted below an 80 s
-budget, and with copies saving half an epoch now do below 32 s.
+Cost: the projection is a matrix product (4,000 rows of 784 features: 5-8 ms on one CPU thread); a screen of ``SCREEN``
+random rows against all (2 ms) estimates the saving, and only where it is worth acting are all rows counted (each pair
+compared once, about ``n / (2 SCREEN)`` screens: 15 ms for 4,000 rows, 2.4 s for 50,000, quadratic in the rows;
+comparing every row with every row and summing booleans took 32 ms and 5.3 s, session 24). The projection is skipped
+when its first chunk predicts more than ``COST_SHARE`` of the budget for all rows; the run then trains uniformly.
+Counting is allowed more where the screen found more copies (:func:`count_allowance`): uniform training would spend
+``saving`` of every epoch on surplus copies, and counting may take up to ``PAYBACK`` of that time (at least
+``COST_SHARE`` of the budget). With ``COST_SHARE`` alone a 0.8 s budget allowed 0.04 s, and the benchmark's Zipf-copied
+set (saving 75%) went uncounted in 7 of 30 development runs (counting predicted at 0.04-0.05 s), where counting gained
++0.71 point (session 23; ``benchmarks/README.md``); CIFAR-10's 50,000 rows (then about 4 s to count on one thread) went
+uncounted below an 80 s budget; with copies saving half an epoch (a 12.5% allowance) and counting at 2.4 s they now go
+uncounted below about 20 s.
 """
 from __future__ import annotations
 
@@ -114,12 +116,12 @@ def count_copies(x: torch.Tensor, seed: int, forced: bool, budget: float) -> Cop
     if not forced and saving < MIN_SAVING:
         return Copies(None, f"copies would save {saving:.0%} of an epoch: below {MIN_SAVING:.0%}", saving,
                       time.perf_counter() - t0, stats)
-    predicted = screen_s * n / len(screened)
+    predicted = screen_s * (n + 1) / (2 * len(screened))  # all rows compare each pair once: n (n + 1) / 2 distances
     allowance = count_allowance(budget, saving)
     if not forced and predicted > allowance:
         return Copies(None, f"counting all rows would take about {predicted:.2f} s: more than {allowance:.2f} s",
                       saving, time.perf_counter() - t0, stats)
-    counts = _within(points, points, radius)
+    counts = _count_all(points, radius)
     saving = 1.0 - float((1.0 / counts.float()).mean())
     reason = "forced" if forced else f"copies save {saving:.0%} of an epoch"
     return Copies(counts.cpu(), reason, saving, time.perf_counter() - t0, stats)
@@ -151,6 +153,30 @@ def _within(queries: torch.Tensor, points: torch.Tensor, radius: float) -> torch
     step = max(1, BLOCK // len(points))
     norms = (points * points).sum(1)
     # |q - p|^2 < r^2  <=>  |p|^2 - 2 q.p < r^2 - |q|^2: one matrix product per chunk, no square roots
-    return torch.cat([(torch.addmm(norms, chunk, points.t(), alpha=-2.0)
-                       < radius * radius - (chunk * chunk).sum(1, keepdim=True)).sum(1)
-                      for chunk in queries.split(step)])
+    return torch.cat([_tally(torch.addmm(norms, chunk, points.t(), alpha=-2.0)
+                             < radius * radius - (chunk * chunk).sum(1, keepdim=True), 1)
+                      for chunk in queries.split(step)]).long()
+
+
+def _count_all(points: torch.Tensor, radius: float) -> torch.Tensor:
+    """Per row of ``points``, how many rows lie within ``radius``, itself included: :func:`_within` of all rows against
+    all, with each pair compared once (a block of rows against itself and the rows after it; its row sums count the
+    block's rows, its column sums beyond the block the later rows), half the distances of the square."""
+    n = len(points)
+    norms = (points * points).sum(1)
+    counts = torch.zeros(n, dtype=torch.long, device=points.device)
+    start = 0
+    while start < n:
+        stop = min(n, start + max(1, BLOCK // (n - start)))  # blocks of about ``BLOCK`` distances as the rows shrink
+        chunk, later = points[start:stop], points[start:]
+        near = torch.addmm(norms[start:], chunk, later.t(), alpha=-2.0) < radius * radius - norms[start:stop, None]
+        counts[start:stop] += _tally(near, 1)
+        counts[stop:] += _tally(near[:, stop - start:], 0)
+        start = stop
+    return counts
+
+
+def _tally(near: torch.Tensor, dim: int) -> torch.Tensor:
+    """The true entries of boolean ``near`` along ``dim``, summed as bytes into 32-bit integers (a boolean sum took
+    0.92 ms on a block of 87 x 12,000 on one CPU thread, the same bytes summed so 0.15 ms)."""
+    return near.view(torch.uint8).sum(dim, dtype=torch.int32)
