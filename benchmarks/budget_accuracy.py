@@ -55,7 +55,7 @@ digits and other flipped labels, training seeds 100-102); no cell of this table 
 The data sets are one draw (``--data-seed``, 0) for every seed unless ``--draw-per-seed``, which trains seed S on the
 draw ``--data-seed`` + S of every set, so that the table averages over draws as well as training seeds (see
 ``Draws``; session 20's tables, seeds 230 and up; development draws so far: 100-191, 1000-1259, 2000-2200,
-2300-2369 and 2400-2439).
+2300-2369, 2400-2459 and 2600-2664).
 
 Full run: ``python benchmarks/budget_accuracy.py --draw-per-seed`` (about 25 minutes on a quiet 2-core CPU; each added
 variant about 4 more); development check: ``--data-seed 100 --seeds 100 101 102``; smoke run: ``--quick``.
