@@ -152,9 +152,7 @@ def _within(queries: torch.Tensor, points: torch.Tensor, radius: float) -> torch
     """Per query row, how many ``points`` lie within ``radius`` (a query that is one of the points counts itself)."""
     step = max(1, BLOCK // len(points))
     norms = (points * points).sum(1)
-    # |q - p|^2 < r^2  <=>  |p|^2 - 2 q.p < r^2 - |q|^2: one matrix product per chunk, no square roots
-    return torch.cat([_tally(torch.addmm(norms, chunk, points.t(), alpha=-2.0)
-                             < radius * radius - (chunk * chunk).sum(1, keepdim=True), 1)
+    return torch.cat([_tally(_near(chunk, (chunk * chunk).sum(1), points, norms, radius), 1)
                       for chunk in queries.split(step)]).long()
 
 
@@ -168,12 +166,18 @@ def _count_all(points: torch.Tensor, radius: float) -> torch.Tensor:
     start = 0
     while start < n:
         stop = min(n, start + max(1, BLOCK // (n - start)))  # blocks of about ``BLOCK`` distances as the rows shrink
-        chunk, later = points[start:stop], points[start:]
-        near = torch.addmm(norms[start:], chunk, later.t(), alpha=-2.0) < radius * radius - norms[start:stop, None]
+        near = _near(points[start:stop], norms[start:stop], points[start:], norms[start:], radius)
         counts[start:stop] += _tally(near, 1)
         counts[stop:] += _tally(near[:, stop - start:], 0)
         start = stop
     return counts
+
+
+def _near(rows: torch.Tensor, row_norms: torch.Tensor, points: torch.Tensor, point_norms: torch.Tensor,
+          radius: float) -> torch.Tensor:
+    """Boolean block: ``rows[i]`` lies within ``radius`` of ``points[j]`` (``*_norms`` their squared norms).
+    ``|q - p|^2 < r^2``  <=>  ``|p|^2 - 2 q.p < r^2 - |q|^2``: one matrix product, no square roots."""
+    return torch.addmm(point_norms, rows, points.t(), alpha=-2.0) < radius * radius - row_norms[:, None]
 
 
 def _tally(near: torch.Tensor, dim: int) -> torch.Tensor:
