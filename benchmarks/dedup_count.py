@@ -11,6 +11,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from timebudget import dedup  # noqa: E402
 
 
-def timed(fn, *args) -> float:
+def timed(fn: Callable[..., object], *args: object) -> float:
+    """Seconds one call of ``fn`` took."""
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
@@ -44,7 +46,8 @@ def main() -> None:
             start = time.perf_counter()
             points, _ = dedup.project(x, directions, None)
             project.append(time.perf_counter() - start)
-            radius = dedup.RADIUS * float((points[:1024] - points[1024:2048]).norm(dim=1).median())
+            pairs = torch.randint(n, (2, dedup.PAIRS), generator=g)  # the run's scale: the median random pair
+            radius = dedup.RADIUS * float((points[pairs[0]] - points[pairs[1]]).norm(dim=1).median())
             screened = points[torch.randperm(n, generator=g)[:dedup.SCREEN]]
             predicted.append(timed(dedup._within, screened, points, radius) * (n + 1) / (2 * dedup.SCREEN))
             once.append(timed(dedup._count_all, points, radius))

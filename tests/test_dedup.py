@@ -112,7 +112,8 @@ def test_identical_rows_and_tiny_sets_say_why() -> None:
     assert dedup.count_copies(torch.ones(1, 300), 0, True, 1000.0).counts is None
 
 
-@pytest.mark.parametrize("block", [1, 50, 1 << 20])  # one row per block, blocks growing as the rows left shrink, one
+# a row per block; blocks growing as the rows left shrink; one block
+@pytest.mark.parametrize("block", [1, 50, 1 << 20])
 def test_counting_each_pair_once_counts_as_comparing_every_row_with_every_row(monkeypatch: pytest.MonkeyPatch,
                                                                               block: int) -> None:
     monkeypatch.setattr(dedup, "BLOCK", block)
