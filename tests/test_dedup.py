@@ -92,6 +92,20 @@ def test_a_heavily_copied_set_is_counted_where_the_bare_cost_share_would_not_all
     assert found.counts is None and "counting all rows would take about" in found.reason
 
 
+def test_the_screen_predicts_the_count_of_each_pair_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the fake clock the screen of 256 rows takes 1 ms: counting 1,200 rows compares about 1,200 * 1,201 / 2
+    pairs, 2.3 ms, which a 3 ms allowance admits (every pair twice would be 4.7 ms); a 2 ms allowance does not."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(dedup.time, "perf_counter", lambda: next(ticks) * 1e-3)
+    project = dedup.project
+    monkeypatch.setattr(dedup, "project", lambda flat, directions, allowance: project(flat, directions, None))
+    x, _ = copied(240, 5)  # saving 0.8: the allowance is a fifth of the budget
+    found = dedup.count_copies(x, seed=0, forced=False, budget=0.015)
+    assert found.counts is not None and bool((found.counts == 5).all()), found.reason
+    found = dedup.count_copies(x, seed=0, forced=False, budget=0.010)
+    assert found.counts is None and "counting all rows would take about" in found.reason
+
+
 def test_the_projection_in_chunks_is_the_centred_product(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dedup, "PROJECT_ROWS", 7)
     x = torch.rand(30, 12, generator=torch.Generator().manual_seed(0))
