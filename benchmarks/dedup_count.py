@@ -49,7 +49,7 @@ def main() -> None:
             pairs = torch.randint(n, (2, dedup.PAIRS), generator=g)  # the run's scale: the median random pair
             radius = dedup.RADIUS * float((points[pairs[0]] - points[pairs[1]]).norm(dim=1).median())
             screened = points[torch.randperm(n, generator=g)[:dedup.SCREEN]]
-            predicted.append(timed(dedup._within, screened, points, radius) * (n + 1) / (2 * dedup.SCREEN))
+            predicted.append(dedup.count_seconds(timed(dedup._within, screened, points, radius), dedup.SCREEN, n))
             once.append(timed(dedup._count_all, points, radius))
             twice.append(timed(dedup._within, points, points, radius))
         ratio = statistics.median(a / b for a, b in zip(once, twice))

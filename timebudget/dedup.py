@@ -116,7 +116,7 @@ def count_copies(x: torch.Tensor, seed: int, forced: bool, budget: float) -> Cop
     if not forced and saving < MIN_SAVING:
         return Copies(None, f"copies would save {saving:.0%} of an epoch: below {MIN_SAVING:.0%}", saving,
                       time.perf_counter() - t0, stats)
-    predicted = screen_s * (n + 1) / (2 * len(screened))  # all rows compare each pair once: n (n + 1) / 2 distances
+    predicted = count_seconds(screen_s, len(screened), n)
     allowance = count_allowance(budget, saving)
     if not forced and predicted > allowance:
         return Copies(None, f"counting all rows would take about {predicted:.2f} s: more than {allowance:.2f} s",
@@ -125,6 +125,12 @@ def count_copies(x: torch.Tensor, seed: int, forced: bool, budget: float) -> Cop
     saving = 1.0 - float((1.0 / counts.float()).mean())
     reason = "forced" if forced else f"copies save {saving:.0%} of an epoch"
     return Copies(counts.cpu(), reason, saving, time.perf_counter() - t0, stats)
+
+
+def count_seconds(screen_s: float, screened: int, n: int) -> float:
+    """What counting all ``n`` rows should take, from ``screen_s`` seconds for ``screened`` rows against all: the
+    count compares each pair once, ``n (n + 1) / 2`` distances against the screen's ``screened * n``."""
+    return screen_s * (n + 1) / (2 * screened)
 
 
 def project(flat: torch.Tensor, directions: torch.Tensor,
